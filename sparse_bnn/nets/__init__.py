@@ -1,0 +1,26 @@
+"""Architectures: plain Flax NNX modules that declare their prunable unit layers."""
+from __future__ import annotations
+
+from flax import nnx
+
+from sparse_bnn.nets.base import (FunctionalNet, ParamAxis, SparseNet, UnitLayer, flatten_paths,
+                                  pure_params, unflatten_paths)
+from sparse_bnn.nets.mlp import MLP
+
+NETS: dict[str, type] = {"mlp": MLP}
+
+
+def register_net(name: str, cls: type) -> None:
+    NETS[name] = cls
+
+
+def net_from_config(config: dict, seed: int = 0) -> nnx.Module:
+    """Build the network a config describes (``config["net"]`` names the architecture)."""
+    name = config.get("net")
+    if name not in NETS:
+        raise ValueError(f"unknown net {name!r}; choose one of {sorted(NETS)}")
+    return NETS[name].from_config(config, nnx.Rngs(seed))
+
+
+__all__ = ["NETS", "MLP", "FunctionalNet", "ParamAxis", "SparseNet", "UnitLayer", "flatten_paths",
+           "net_from_config", "pure_params", "register_net", "unflatten_paths"]

@@ -1,0 +1,162 @@
+"""What every architecture declares: its prunable unit layers and who consumes them.
+
+A *unit layer* is a set of units (dense output nodes, conv output channels, attention heads)
+whose parameters form the node groups of ``math.md`` §1. Each unit layer names
+
+* ``members``: the parameter arrays the units own, with the axis that indexes the unit
+  (kernel columns, bias entries, batch-norm channels, ...);
+* ``consumers``: the parameter arrays downstream whose input axis indexes the unit
+  (the next kernel's rows, ...), so that removing a unit also removes its input row.
+
+Parameter arrays are addressed by their path in the network's pure state dict, e.g.
+``("layers", 0, "kernel")``. Everything else in the network (layer-norm scales, positional
+embeddings, ...) is a *free* parameter: plain Gaussian prior, never pruned.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Path = tuple[Any, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamAxis:
+    """One parameter array and the axis of it that indexes a layer's units.
+
+    ``interleave`` > 1 says the axis is a flattened ``(positions, units)`` axis with the unit
+    index fastest (a dense layer after a flattened NHWC feature map): entry ``p * units + j``
+    belongs to unit ``j``.
+    """
+
+    path: Path
+    axis: int
+    interleave: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class UnitLayer:
+    """A layer of prunable units and the parameters they own or feed.
+
+    Attributes:
+      name: readable name used in site names (``"dense0"`` gives sites ``dense0.z``, ...).
+      units: number of units ``k_l``.
+      fan_in: inputs to one unit, ``k_{l-1}`` (``C_in * kh * kw`` for a conv).
+      members: parameters owned by the units, each with its unit axis.
+      consumers: downstream parameters whose axis indexes this layer's units as inputs.
+      prunable: ``False`` for the output layer (shrinkage without an indicator).
+    """
+
+    name: str
+    units: int
+    fan_in: int
+    members: tuple[ParamAxis, ...]
+    consumers: tuple[ParamAxis, ...] = ()
+    prunable: bool = True
+
+    @property
+    def group_size(self) -> int:
+        """``m_l``: fan-in plus one for a bias (``math.md`` §1)."""
+        has_bias = any(m.path[-1] == "bias" for m in self.members)
+        return self.fan_in + int(has_bias)
+
+
+class SparseNet(Protocol):
+    """The protocol every architecture in :mod:`sparse_bnn.nets` implements."""
+
+    def __call__(self, x: jax.Array) -> jax.Array: ...
+
+    def unit_layers(self) -> tuple[UnitLayer, ...]:
+        """Unit layers in forward order; the last one is the output layer."""
+
+    @property
+    def config(self) -> dict:
+        """JSON-serialisable constructor arguments, including ``"net"`` (the registry name)."""
+
+    @classmethod
+    def config_with_units(cls, config: dict, units: dict[str, int]) -> dict:
+        """The config of the same architecture with ``units[name]`` units in each named layer."""
+
+
+def pure_params(net: nnx.Module) -> dict:
+    """The network's ``nnx.Param`` values as a nested pure dict."""
+    return nnx.to_pure_dict(nnx.state(net, nnx.Param))
+
+
+def flatten_paths(tree: dict) -> dict[Path, jax.Array]:
+    """Nested pure dict -> ``{path: array}``."""
+    flat = {}
+
+    def visit(node, prefix):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                visit(value, prefix + (key,))
+        else:
+            flat[prefix] = node
+
+    visit(tree, ())
+    return flat
+
+
+def unflatten_paths(flat: dict[Path, Any]) -> dict:
+    """``{path: array}`` -> nested pure dict (the inverse of :func:`flatten_paths`)."""
+    tree: dict = {}
+    for path, value in flat.items():
+        node = tree
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    return tree
+
+
+def path_name(path: Path) -> str:
+    """``("layers", 0, "kernel")`` -> ``"layers.0.kernel"``."""
+    return ".".join(str(p) for p in path)
+
+
+def unit_broadcast(values: jax.Array, ndim: int, axis: int, interleave: int = 1) -> jax.Array:
+    """Reshape per-unit ``values`` ``[k]`` so they broadcast along ``axis`` of an ``ndim`` array.
+
+    With ``interleave`` > 1 the values are tiled to ``[interleave * k]`` (unit index fastest).
+    A scalar broadcasts as it is.
+    """
+    values = jnp.asarray(values)
+    if values.ndim == 0:
+        return values
+    if interleave > 1:
+        values = jnp.tile(values, interleave)
+    axis = axis % ndim
+    shape = [1] * ndim
+    shape[axis] = values.shape[0]
+    return values.reshape(shape)
+
+
+class FunctionalNet:
+    """A network as a pure function of its parameter arrays: ``apply(params, x)``.
+
+    ``params`` is ``{path: array}`` for every ``nnx.Param`` of the network; all other state
+    (batch statistics, ...) is taken from the network as it was when wrapped.
+    """
+
+    def __init__(self, net: nnx.Module):
+        self.graphdef, self.param_state, self.rest = nnx.split(net, nnx.Param, ...)
+        self.initial = flatten_paths(nnx.to_pure_dict(self.param_state))
+
+    def apply(self, params: dict[Path, jax.Array], x: jax.Array) -> jax.Array:
+        state = jax.tree_util.tree_map(lambda v: v, self.param_state)
+        nnx.replace_by_pure_dict(state, unflatten_paths(params))
+        return nnx.merge(self.graphdef, state, self.rest)(x)
+
+    def __call__(self, params: dict[Path, jax.Array], x: jax.Array) -> jax.Array:
+        return self.apply(params, x)
+
+
+def check_widths(widths: Sequence[int], what: str = "widths") -> tuple[int, ...]:
+    widths = tuple(int(w) for w in widths)
+    if any(w <= 0 for w in widths):
+        raise ValueError(f"{what} must all be positive integers, got {list(widths)}")
+    return widths

@@ -49,6 +49,8 @@ class UnitLayer:
       members: parameters owned by the units, each with its unit axis.
       consumers: downstream parameters whose axis indexes this layer's units as inputs.
       prunable: ``False`` for the output layer (shrinkage without an indicator).
+      inactive_output: what a removed unit still sends downstream (``activation(0)``; 0 for
+        SiLU/ReLU/tanh/GELU, 0.5 for sigmoid). Pruning folds it into the consumers' biases.
     """
 
     name: str
@@ -57,6 +59,7 @@ class UnitLayer:
     members: tuple[ParamAxis, ...]
     consumers: tuple[ParamAxis, ...] = ()
     prunable: bool = True
+    inactive_output: float = 0.0
 
     @property
     def group_size(self) -> int:

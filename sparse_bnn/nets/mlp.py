@@ -62,7 +62,8 @@ class MLP(nnx.Module):
             out.append(UnitLayer(
                 name=f"dense{i}", units=sizes[i + 1], fan_in=sizes[i],
                 members=(ParamAxis(("layers", i, "kernel"), 1), ParamAxis(("layers", i, "bias"), 0)),
-                consumers=consumers, prunable=i + 1 < n))
+                consumers=consumers, prunable=i + 1 < n,
+                inactive_output=float(self.act(0.0))))
         return tuple(out)
 
     @property

@@ -681,10 +681,10 @@ def _assemble(name: str, task: str, x_train: np.ndarray, y_train: np.ndarray,
     if len(keep) == 0:
         raise ValueError(f"validation_fraction={validation_fraction} leaves no training data")
     x_val, y_val = x_train[held], y_train[held]
-    x_train, y_train = x_train[keep], y_train[keep]
+    if len(held):
+        x_train, y_train = x_train[keep], y_train[keep]
 
-    x_train = x_train.astype(np.float32)
-    x_val, x_test = x_val.astype(np.float32), x_test.astype(np.float32)
+    x_train, x_val, x_test = (x.astype(np.float32, copy=False) for x in (x_train, x_val, x_test))
     mean = std = None
     if standardize:
         x_train, (x_val, x_test), mean, std = _standardize_inputs(x_train, [x_val, x_test],

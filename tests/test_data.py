@@ -302,6 +302,40 @@ def test_cifar10_truncated_binary(tmp_path):
         data.read_cifar10_binary_batch(path)
 
 
+class _Py2StylePickler(pickle._Pickler):
+    """Pickles like the Python 2 that wrote the real CIFAR-10 files: bytes as py2 ``str``
+    opcodes (BINSTRING) and numpy globals under ``numpy.core``."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_bytes(self, obj):
+        opcode = pickle.SHORT_BINSTRING + bytes([len(obj)]) if len(obj) < 256 else \
+            pickle.BINSTRING + struct.pack("<i", len(obj))
+        self.write(opcode + obj)
+        self.memoize(obj)
+
+    def save_str(self, obj):
+        self.save_bytes(obj.encode("latin1"))
+
+    def save_global(self, obj, name=None):
+        module = obj.__module__.replace("numpy._core", "numpy.core")
+        self.write(pickle.GLOBAL + f"{module}\n{name or obj.__qualname__}\n".encode())
+        self.memoize(obj)
+
+    dispatch[bytes], dispatch[str], dispatch[type] = save_bytes, save_str, save_global
+
+
+def test_cifar10_python2_style_pickle(tmp_path):
+    images = np.random.default_rng(3).integers(0, 256, (3, 3072), dtype=np.uint8)
+    path = tmp_path / "data_batch_1"
+    with open(path, "wb") as f:
+        _Py2StylePickler(f, protocol=2).dump({b"data": images, b"labels": [4, 0, 9]})
+    assert b"cnumpy.core.multiarray\n_reconstruct" in path.read_bytes()
+    x, y = data.read_cifar10_python_batch(path)
+    np.testing.assert_array_equal(x, images.reshape(3, 3, 32, 32).transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(y, [4, 0, 9])
+
+
 class _Exploit:
     def __init__(self, marker: Path):
         self.marker = marker

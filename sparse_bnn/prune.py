@@ -324,15 +324,16 @@ def _compact_module(net: nnx.Module, masks: dict[str, np.ndarray],
     slice_masks, _ = _slice_masks(masks)
     units = {name: int(mask.sum()) for name, mask in slice_masks.items()}
     config = type(net).config_with_units(net.config, units)
-    abstract = nnx.eval_shape(lambda: net_from_config(config))
-    graphdef, abstract_params, abstract_rest = nnx.split(abstract, nnx.Param, ...)
+    # Built concretely, not with nnx.eval_shape: constructors may check values (activation(0), ...)
+    # and the compact network is small; every value is replaced below.
+    graphdef, template_params, template_rest = nnx.split(net_from_config(config), nnx.Param, ...)
 
     _, _, rest = nnx.split(net, nnx.Param, ...)
     rest_flat = _slice(layers, flatten_paths(nnx.to_pure_dict(rest)), slice_masks)
 
-    for what, abstract_state, flat in (("parameter", abstract_params, compact_flat_params),
-                                       ("state", abstract_rest, rest_flat)):
-        expected = flatten_paths(nnx.to_pure_dict(abstract_state))
+    for what, template_state, flat in (("parameter", template_params, compact_flat_params),
+                                       ("state", template_rest, rest_flat)):
+        expected = flatten_paths(nnx.to_pure_dict(template_state))
         if set(expected) != set(flat):
             raise ValueError(f"{type(net).__name__}.config_with_units built a network whose {what} "
                              f"paths {sorted(map(path_name, expected))} differ from the sliced ones "
@@ -343,8 +344,8 @@ def _compact_module(net: nnx.Module, masks: dict[str, np.ndarray],
                                  f"with shape {tuple(spec.shape)}, but the kept slice has shape "
                                  f"{tuple(np.shape(flat[path]))}; the unit layers and the config "
                                  "disagree")
-        nnx.replace_by_pure_dict(abstract_state, unflatten_paths(dict(flat)))
-    return nnx.merge(graphdef, abstract_params, abstract_rest)
+        nnx.replace_by_pure_dict(template_state, unflatten_paths(dict(flat)))
+    return nnx.merge(graphdef, template_params, template_rest)
 
 
 def compact(net: nnx.Module, params: Mapping[Path, jax.Array],

@@ -22,15 +22,19 @@ from sparse_bnn.kl import (kl_bernoulli_logits, kl_lognormal_halfnormal, kl_norm
 from sparse_bnn.nets.base import unit_broadcast
 
 if TYPE_CHECKING:
-    from sparse_bnn.model import SparseBNN
+    from sparse_bnn.model import Masks, SparseBNN
 
 
-def analytic_kl(bnn: "SparseBNN", params: Mapping[str, jax.Array]) -> jax.Array:
+def analytic_kl(bnn: "SparseBNN", params: Mapping[str, jax.Array], masks: "Masks | None" = None) -> jax.Array:
     """``KL(q || p)`` of every latent site, in closed form (``math.md`` §4).
 
     ``sum_lj [KL(Bern(gamma) || Bern(lambda_l)) + gamma KL(q(w~_lj) || p(w~_lj))]`` over indicated
-    groups, the plain normal KL elsewhere, plus the scales' log-normal KLs.
+    groups, the plain normal KL elsewhere, plus the scales' log-normal KLs. Units and entries
+    that ``masks`` switch off are fixed at zero and leave the sum (prior and guide agree there).
+    With frozen indicators the gate is the unit mask itself.
     """
+    from sparse_bnn.model import Masks
+    masks = masks or Masks()
     factors = lognormal_factors(bnn, params)
     total = bnn.prior.scale_kl(factors, bnn.layers)
     if bnn.learns_noise:
@@ -38,17 +42,24 @@ def analytic_kl(bnn: "SparseBNN", params: Mapping[str, jax.Array]) -> jax.Array:
     prior_var = bnn.prior.sigma_0**2
     gates, moments = {}, {}
     for layer in bnn.layers:
-        if bnn.prior.is_indicated(layer):
+        unit_mask = masks.units.get(layer.name)
+        if bnn.samples_indicator(layer):
             logits = params[f"{layer.name}.z.logit"]
-            total += jnp.sum(kl_bernoulli_logits(logits, bnn.inclusion[layer.name]))
+            kl_z = kl_bernoulli_logits(logits, bnn.inclusion[layer.name])
             gates[layer.name] = jax.nn.sigmoid(logits)
+            if unit_mask is not None:
+                kl_z, gates[layer.name] = kl_z * unit_mask, gates[layer.name] * unit_mask
+            total += jnp.sum(kl_z)
+        elif unit_mask is not None:
+            gates[layer.name] = unit_mask
         if bnn.centred:
             moments[layer.name] = bnn.prior.variance_moments(factors, layer)
     for path in bnn.shapes:
         site = bnn.weight_site(path)
         loc, scale = params[f"{site}.loc"], softplus(params[f"{site}.rho"])
+        weight_mask = masks.weights.get(site, 1.0)
         if path not in bnn.owner:
-            total += jnp.sum(kl_normal(loc, scale, prior_var))
+            total += jnp.sum(kl_normal(loc, scale, prior_var) * weight_mask)
             continue
         layer, axis = bnn.owner[path]
         if bnn.centred:
@@ -60,7 +71,7 @@ def analytic_kl(bnn: "SparseBNN", params: Mapping[str, jax.Array]) -> jax.Array:
             kl = kl_normal(loc, scale, prior_var)
         if layer.name in gates:
             kl = kl * unit_broadcast(gates[layer.name], loc.ndim, axis)
-        total += jnp.sum(kl)
+        total += jnp.sum(kl * weight_mask)
     return total
 
 
@@ -78,12 +89,13 @@ def elbo_terms(rng_key: jax.Array, params: Mapping[str, jax.Array], model: Calla
     guide_trace = trace(substitute(seed(guide, rng_key), data=params)).get_trace(*args, **kwargs)
     model_trace = trace(replay(substitute(seed(model, rng_key), data=params), guide_trace)
                         ).get_trace(*args, **kwargs)
+    masks = kwargs.get("masks")
     log_likelihood = jnp.zeros(())
     for site in model_trace.values():
         if site["type"] == "sample" and site["is_observed"]:
             log_prob = jnp.sum(site["fn"].log_prob(site["value"]))
             log_likelihood += log_prob * (site["scale"] if site["scale"] is not None else 1.0)
-    return ELBOTerms(log_likelihood, kl_fn(params))
+    return ELBOTerms(log_likelihood, kl_fn(params, masks) if masks is not None else kl_fn(params))
 
 
 class AnalyticKLELBO(ELBO):

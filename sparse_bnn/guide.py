@@ -114,6 +114,8 @@ def sample_guide(bnn: "SparseBNN") -> dict[str, jax.Array]:
         scale = softplus(numpyro.param(f"{name}.rho", init[f"{name}.rho"]))
         values[name] = numpyro.sample(name, dist.LogNormal(loc, scale).to_event(jnp.ndim(loc)))
     for layer in bnn.indicated_layers:
+        if not bnn.samples_indicator(layer):
+            continue
         logits = numpyro.param(f"{layer.name}.z.logit", init[f"{layer.name}.z.logit"])
         values[f"{layer.name}.z"] = numpyro.sample(
             f"{layer.name}.z", ConcreteBernoulli(logits, bnn.temperature, bnn.hard).to_event(1))

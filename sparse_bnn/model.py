@@ -10,7 +10,7 @@ learned Gaussian noise scale, and ``y`` for the observations.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +25,20 @@ from sparse_bnn.priors.base import Prior
 
 LIKELIHOODS = ("categorical", "gaussian")
 NOISE_PRIOR_SCALE = 1.0
+
+
+class Masks(NamedTuple):
+    """Fixed 0/1 masks, passed to ``model``/``guide``/``kl`` as data (changing them never recompiles).
+
+    * ``units``: ``{layer: [units]}``; a unit with mask 0 is switched off for good (its indicator
+      is fixed at 0 and it leaves the KL), as after shrinking or in the fine-tuning phase.
+    * ``weights``: ``{path name: array like the parameter}``; an entry with mask 0 is pruned
+      (element-wise Bayesian model reduction: prior scale ~0, so ``w = 0`` and no KL).
+    Layers/parameters absent from a mapping are unmasked.
+    """
+
+    units: dict[str, jax.Array] = {}
+    weights: dict[str, jax.Array] = {}
 
 
 class SparseBNN:
@@ -44,12 +58,14 @@ class SparseBNN:
       hard: straight-through (exact 0/1 forward) indicators; ``False`` for the soft relaxation.
       init_inclusion: initial ``gamma`` of every indicator (``theta = logit(init_inclusion)``).
       rho_init: initial ``rho`` of every normal and log-normal factor (``std = softplus(rho)``).
+      freeze_indicators: the fine-tuning phase: indicators are fixed at ``masks.units`` (no
+        sampling, no Bernoulli KL, ``theta`` unused), everything else keeps training.
     """
 
     def __init__(self, net: nnx.Module, prior: Prior, n_data: int, *, likelihood: str = "categorical",
                  noise: float | None = None, inclusion: str | float | Mapping[str, float] = "theory",
                  centred: bool = False, temperature: float = 0.5, hard: bool = True,
-                 init_inclusion: float = 0.99, rho_init: float = -6.0):
+                 init_inclusion: float = 0.99, rho_init: float = -6.0, freeze_indicators: bool = False):
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"unknown likelihood {likelihood!r}; choose one of {LIKELIHOODS}")
         if int(n_data) <= 0:
@@ -66,6 +82,7 @@ class SparseBNN:
         self.likelihood, self.noise = likelihood, noise
         self.centred, self.temperature, self.hard = centred, float(temperature), hard
         self.init_inclusion, self.rho_init = float(init_inclusion), float(rho_init)
+        self.freeze_indicators = freeze_indicators
         self.functional = FunctionalNet(net)
         self.layers: tuple[UnitLayer, ...] = tuple(net.unit_layers())
         self.shapes: dict[Path, tuple[int, ...]] = {p: tuple(v.shape) for p, v in self.functional.initial.items()}
@@ -94,27 +111,39 @@ class SparseBNN:
     def weight_site(self, path: Path) -> str:
         return path_name(path)
 
-    def gates(self, values: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    def samples_indicator(self, layer: UnitLayer) -> bool:
+        """Whether ``{layer}.z`` is a latent site (indicated and not frozen)."""
+        return self.prior.is_indicated(layer) and not self.freeze_indicators
+
+    def gates(self, values: Mapping[str, jax.Array], masks: Masks | None = None) -> dict[str, jax.Array]:
         """Per-unit multiplier of each layer's ``w~``: ``z * scale`` (non-centred) or ``z``."""
+        masks = masks or Masks()
         out = {}
         for layer in self.layers:
             gate = jnp.ones(())
-            if self.prior.is_indicated(layer):
+            if self.samples_indicator(layer):
                 gate = values[f"{layer.name}.z"]
+            if layer.name in masks.units:
+                gate = gate * masks.units[layer.name]
             if not self.centred:
                 gate = gate * self.prior.weight_scale(values, layer)
             out[layer.name] = gate
         return out
 
-    def effective_params(self, values: Mapping[str, jax.Array]) -> dict[Path, jax.Array]:
+    def effective_params(self, values: Mapping[str, jax.Array], masks: Masks | None = None
+                         ) -> dict[Path, jax.Array]:
         """The network's parameters ``w = z * scale * w~`` from the latent sites' values."""
-        gates = self.gates(values)
+        masks = masks or Masks()
+        gates = self.gates(values, masks)
         params = {}
         for path in self.shapes:
-            weight = values[self.weight_site(path)]
+            site = self.weight_site(path)
+            weight = values[site]
             if path in self.owner:
                 layer, axis = self.owner[path]
                 weight = weight * unit_broadcast(gates[layer.name], weight.ndim, axis)
+            if site in masks.weights:
+                weight = weight * masks.weights[site]
             params[path] = weight
         return params
 
@@ -125,6 +154,8 @@ class SparseBNN:
         sigma_0 = self.prior.sigma_0
         values = dict(self.prior.sample_scales(self.layers))
         for layer in self.indicated_layers:
+            if not self.samples_indicator(layer):
+                continue
             probs = jnp.full((layer.units,), self.inclusion[layer.name])
             values[f"{layer.name}.z"] = numpyro.sample(f"{layer.name}.z", dist.Bernoulli(probs=probs).to_event(1))
         for path, shape in self.shapes.items():
@@ -150,20 +181,21 @@ class SparseBNN:
                 numpyro.sample("y", dist.Normal(mean, noise).to_event(1),
                                obs=None if y is None else y.reshape(batch, -1))
 
-    def model(self, x: jax.Array, y: jax.Array | None = None) -> jax.Array:
+    def model(self, x: jax.Array, y: jax.Array | None = None, masks: Masks | None = None) -> jax.Array:
         """NumPyro model: latents from the prior, then ``y ~ p(y | net(x; w))``.
 
         Shapes: ``x [B, ...]`` (the network's input), ``y [B]`` labels or ``[B, out]`` targets.
         Returns the network outputs ``[B, out]``.
         """
         values = self.sample_latents()
-        outputs = self.functional.apply(self.effective_params(values), x)
+        outputs = self.functional.apply(self.effective_params(values, masks), x)
         self.observe(outputs, y, values)
         return outputs
 
     # -- guide, KL, ELBO (see guide.py and elbo.py) ---------------------------------------------
 
-    def guide(self, x: jax.Array, y: jax.Array | None = None) -> dict[str, jax.Array]:
+    def guide(self, x: jax.Array | None = None, y: jax.Array | None = None,
+              masks: Masks | None = None) -> dict[str, jax.Array]:
         """NumPyro guide: the structured mean field of ``math.md`` §3."""
         from sparse_bnn.guide import sample_guide
         return sample_guide(self)
@@ -173,10 +205,10 @@ class SparseBNN:
         from sparse_bnn.guide import init_params
         return init_params(self)
 
-    def kl(self, params: Mapping[str, jax.Array]) -> jax.Array:
+    def kl(self, params: Mapping[str, jax.Array], masks: Masks | None = None) -> jax.Array:
         """Closed-form ``KL(q || p)`` of all latents (``math.md`` §4)."""
         from sparse_bnn.elbo import analytic_kl
-        return analytic_kl(self, params)
+        return analytic_kl(self, params, masks)
 
     def elbo(self):
         """The NumPyro ELBO objective with this model's closed-form KL."""

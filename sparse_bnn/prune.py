@@ -236,16 +236,21 @@ def _bias_path(path: Path) -> Path:
     return path[:-1] + ("bias",)
 
 
-def compact_params(net: nnx.Module, params: Mapping[Path, jax.Array], keep: KeepMasks,
-                   *, _checked: bool = False) -> Params:
+def compact_params(net: nnx.Module, params: Mapping[Path, jax.Array],
+                   keep: KeepMasks) -> Params:
     """The compact network's parameters ``{path: array}`` (no module built).
 
-    Pure in ``params`` given ``keep`` (concrete), so it can be ``jax.vmap``-ed over samples.
+    Args and result as :func:`compact`; the computation is jit-compiled once per call.
     """
     layers = net.unit_layers()
     masks = check_keep(layers, keep)
-    if not _checked:
-        check_params(net, params)
+    check_params(net, params)
+    return jax.jit(lambda p: _compact_flat(net, layers, p, masks))(dict(params))
+
+
+def _compact_flat(net: nnx.Module, layers: Sequence[UnitLayer], params: Mapping[Path, jax.Array],
+                  masks: dict[str, np.ndarray]) -> Params:
+    """Traceable core of :func:`compact_params` (``layers`` and ``masks`` computed outside)."""
     slice_masks, placeholders = _slice_masks(masks)
     out = {path: jnp.asarray(value) for path, value in mask_params(layers, params, masks).items()}
 
@@ -324,9 +329,13 @@ def _compact_module(net: nnx.Module, masks: dict[str, np.ndarray],
     slice_masks, _ = _slice_masks(masks)
     units = {name: int(mask.sum()) for name, mask in slice_masks.items()}
     config = type(net).config_with_units(net.config, units)
-    # Built concretely, not with nnx.eval_shape: constructors may check values (activation(0), ...)
-    # and the compact network is small; every value is replaced below.
-    graphdef, template_params, template_rest = nnx.split(net_from_config(config), nnx.Param, ...)
+    try:
+        template = nnx.eval_shape(lambda: net_from_config(config))
+    except jax.errors.JAXTypeError:
+        # A constructor that checks values (``float(activation(0))``, ...) cannot be traced;
+        # build it for real (the compact network is small) and overwrite every value below.
+        template = net_from_config(config)
+    graphdef, template_params, template_rest = nnx.split(template, nnx.Param, ...)
 
     _, _, rest = nnx.split(net, nnx.Param, ...)
     rest_flat = _slice(layers, flatten_paths(nnx.to_pure_dict(rest)), slice_masks)
@@ -364,8 +373,7 @@ def compact(net: nnx.Module, params: Mapping[Path, jax.Array],
       ``compact_net(x)`` equals the masked dense network ``mask_params`` describes.
     """
     masks = check_keep(net.unit_layers(), keep)
-    check_params(net, params)
-    small = compact_params(net, params, masks, _checked=True)
+    small = compact_params(net, params, masks)
     return _compact_module(net, masks, small), small
 
 
@@ -381,6 +389,8 @@ def compact_samples(net: nnx.Module, param_samples: Mapping[Path, jax.Array],
     sizes = {np.shape(v)[0] for v in param_samples.values()}
     if len(sizes) != 1:
         raise ValueError(f"every parameter needs the same number of samples on axis 0, got {sorted(sizes)}")
-    small = jax.vmap(lambda p: compact_params(net, p, masks, _checked=True))(dict(param_samples))
+    layers = net.unit_layers()
+    small = jax.jit(jax.vmap(lambda p: _compact_flat(net, layers, p, masks)))(
+        dict(param_samples))
     first = {path: value[0] for path, value in small.items()}
     return _compact_module(net, masks, first), small

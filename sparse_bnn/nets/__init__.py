@@ -5,9 +5,15 @@ from flax import nnx
 
 from sparse_bnn.nets.base import (FunctionalNet, ParamAxis, SparseNet, UnitLayer, flatten_paths,
                                   pure_params, unflatten_paths)
+from sparse_bnn.nets.lenet import LeNet5, LeNet5Caffe
+from sparse_bnn.nets.mixer import MLPMixer
 from sparse_bnn.nets.mlp import MLP
+from sparse_bnn.nets.resnet import ResNet
+from sparse_bnn.nets.vit import VisionTransformer
 
-NETS: dict[str, type] = {"mlp": MLP}
+NETS: dict[str, type] = {"mlp": MLP, "lenet5-caffe": LeNet5Caffe, "lenet5": LeNet5,
+                         "resnet20": ResNet, "resnet32": ResNet, "vit": VisionTransformer,
+                         "mixer": MLPMixer}
 
 
 def register_net(name: str, cls: type) -> None:

@@ -1,0 +1,174 @@
+"""``sparse-bnn``: fit, evaluate and report structurally sparse BNNs from the command line.
+
+    sparse-bnn fit --data fashion-mnist --net mlp --widths 400,400 --prior ss-ghs \\
+        --epochs 20 --out runs/fmnist
+    sparse-bnn evaluate runs/fmnist
+    sparse-bnn report runs/fmnist
+
+Exit codes: 0 success; 2 bad input (unknown names, missing or corrupt data, a run directory
+that must not be touched); 3 the loss diverged (the last good checkpoint is kept);
+130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+EXIT_OK, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 2, 3, 130
+
+
+def _widths(text: str) -> list[int]:
+    try:
+        widths = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"widths must be comma-separated integers like 400,400, got {text!r}")
+    if not widths or any(w <= 0 for w in widths):
+        raise argparse.ArgumentTypeError(f"widths must be positive integers like 400,400, got {text!r}")
+    return widths
+
+
+def _inclusion(text: str) -> str | float:
+    if text == "theory":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--inclusion takes 'theory' or a probability in (0, 1), got {text!r}")
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"--inclusion probability must lie in (0, 1), got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from sparse_bnn.data import DATASET_NAMES
+    from sparse_bnn.nets import NETS
+    from sparse_bnn.nets.mlp import ACTIVATIONS
+    from sparse_bnn.priors import PRIORS
+    from sparse_bnn.run import BMR_MODES
+
+    parser = argparse.ArgumentParser(
+        prog="sparse-bnn", description="Structurally sparse Bayesian neural networks: fit with "
+        "spike-and-slab group priors, prune nodes, evaluate the compact network.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    fit = commands.add_parser("fit", help="train a model into a run directory",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    what = fit.add_argument_group("data, network, prior")
+    what.add_argument("--data", default="fashion-mnist", metavar="NAME|FILE",
+                      help=f"data set: one of {', '.join(DATASET_NAMES)}, or a .npz/.csv file")
+    what.add_argument("--data-dir", default=None, help="folder holding the data set's files")
+    what.add_argument("--no-download", dest="download", action="store_false",
+                      help="never download MNIST/Fashion-MNIST")
+    what.add_argument("--validation-fraction", type=float, default=0.0,
+                      help="share of the training set held out for per-epoch validation")
+    what.add_argument("--n-train", type=int, default=None, help="use only this many training examples")
+    what.add_argument("--n-test", type=int, default=None, help="use only this many test examples")
+    what.add_argument("--net", default="mlp", choices=sorted(NETS), help="architecture")
+    what.add_argument("--widths", type=_widths, default=[400, 400], help="MLP hidden widths, e.g. 400,400")
+    what.add_argument("--activation", default="silu", choices=sorted(ACTIVATIONS), help="MLP activation")
+    what.add_argument("--prior", default="ss-ghs", choices=sorted(PRIORS), help="shrinkage prior")
+    what.add_argument("--sigma0", type=float, default=None,
+                      help="slab scale sigma_0 (default: 1, or the net's reference value, 0.2 for ResNets)")
+    what.add_argument("--inclusion", type=_inclusion, default=None,
+                      help="prior inclusion probability: 'theory' or a float (default: theory, or the "
+                           "net's reference value, 1e-4 for ResNets)")
+    what.add_argument("--temperature", type=float, default=0.5, help="Concrete relaxation temperature")
+    what.add_argument("--soft", action="store_true", help="soft Concrete relaxation instead of straight-through")
+    what.add_argument("--centred", action="store_true", help="centred parametrisation")
+
+    train = fit.add_argument_group("training")
+    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--batch-size", type=int, default=1024)
+    train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                       help="horizontal flips (default: as the data set says; on for Fashion-MNIST)")
+    train.add_argument("--fine-tune-epochs", type=int, default=0,
+                       help="after sparse training, train this many epochs with the kept units frozen")
+    train.add_argument("--bmr", default="none", choices=BMR_MODES,
+                       help="Bayesian model reduction during training")
+    train.add_argument("--shrink", action="store_true", help="shrink the network during training")
+    train.add_argument("--devices", type=int, default=None, help="number of devices")
+
+    evaluation = fit.add_argument_group("pruning and evaluation")
+    evaluation.add_argument("--threshold", type=float, default=0.5,
+                            help="keep a unit when its inclusion probability exceeds this")
+    evaluation.add_argument("--samples", type=int, default=10, help="posterior samples for BMA predictions")
+    evaluation.add_argument("--no-latency", dest="latency", action="store_false",
+                            help="skip the latency measurement")
+
+    run = fit.add_argument_group("run directory and output")
+    run.add_argument("--out", required=True, help="run directory")
+    run.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
+    run.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    run.add_argument("--quiet", action="store_true", help="one log line per epoch instead of a progress bar")
+
+    evaluate = commands.add_parser("evaluate", help="recompute test metrics from a run's compact model")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR")
+    evaluate.add_argument("--data-dir", default=None, help="folder holding the data set's files")
+    evaluate.add_argument("--json", action="store_true", help="print JSON")
+
+    report = commands.add_parser("report", help="print a run's compression table")
+    report.add_argument("run_dir", metavar="RUN_DIR")
+    report.add_argument("--json", action="store_true", help="print metrics.json")
+    return parser
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from sparse_bnn.run import RunConfig, report_table, run_experiment
+    names = {f for f in RunConfig.__dataclass_fields__}
+    config = RunConfig(**{k: v for k, v in vars(args).items() if k in names})
+    log = (lambda message: print(message, flush=True))
+    run_experiment(config, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet, log=log)
+    print(report_table(args.out), flush=True)
+    return EXIT_OK
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from sparse_bnn.run import evaluate_run, read_run
+    _, saved = read_run(args.run_dir)
+    result = evaluate_run(args.run_dir, data_dir=args.data_dir)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return EXIT_OK
+    for label, values in result.items():
+        print(f"{label}: " + ", ".join(f"{k}={v:.4f}" for k, v in values.items()))
+    recorded = saved.get("compact", {})
+    differences = {k: abs(v - recorded[k]) for k, v in result["compact"].items() if k in recorded}
+    if differences:
+        print(f"largest difference to metrics.json (compact): {max(differences.values()):.2e}")
+    return EXIT_OK
+
+
+def _report(args: argparse.Namespace) -> int:
+    from sparse_bnn.run import read_run, report_table
+    if args.json:
+        print(json.dumps(read_run(args.run_dir)[1], indent=2))
+    else:
+        print(report_table(args.run_dir))
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``sparse-bnn`` (and ``python -m sparse_bnn``); returns the exit code."""
+    args = build_parser().parse_args(argv)
+    from sparse_bnn.fit import DivergenceError
+    command = {"fit": _fit, "evaluate": _evaluate, "report": _report}[args.command]
+    try:
+        return command(args)
+    except DivergenceError as error:
+        print(f"sparse-bnn: training diverged: {error}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as error:
+        print(f"sparse-bnn {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        hint = " (continue with --resume)" if args.command == "fit" else ""
+        print(f"sparse-bnn: interrupted{hint}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,540 @@
+"""One experiment in one run directory: load data, build the model, fit, prune, evaluate, plot.
+
+:func:`run_experiment` is what ``sparse-bnn fit`` calls; notebooks and benchmarks call it too::
+
+    metrics = run_experiment(RunConfig(data="digits", widths=[32, 32], epochs=5, out="runs/d"))
+
+The run directory ``RUN`` ends up holding
+
+* ``config.json``: the :class:`RunConfig`, the network's config and the library version;
+* ``checkpoint/`` (and ``checkpoint_finetune/``): a checkpoint after every epoch, written
+  atomically by :func:`sparse_bnn.fit.fit`;
+* ``history.json``: one record per epoch (loss, nll, kl, kept units, seconds, validation);
+* ``variational_params.msgpack``: the fitted variational parameters and fixed masks;
+* ``compact/``: the compact median-probability network with posterior samples
+  (:func:`sparse_bnn.compact_io.load_compact`);
+* ``report.json``: the :class:`~sparse_bnn.report.CompressionReport`;
+* ``plots/*.png``: loss curves, kept units, inclusion histograms, reliability diagram;
+* ``metrics.json``: written last and atomically; its presence marks the run as finished.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import serialization
+
+import sparse_bnn
+from sparse_bnn import compact_io, metrics as metric_fns, posterior, prune, report as report_lib
+from sparse_bnn.data import Dataset, DataNotFoundError, flip_augment, load_dataset
+from sparse_bnn.fit import FitResult, fit, init_state, save_checkpoint
+from sparse_bnn.model import Masks, SparseBNN
+from sparse_bnn.nets import NETS, net_from_config
+from sparse_bnn.priors import PRIORS, get_prior
+
+CONFIG_FILE = "config.json"
+HISTORY_FILE = "history.json"
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.json"
+PARAMS_FILE = "variational_params.msgpack"
+COMPACT_DIR = "compact"
+CHECKPOINT_DIR = "checkpoint"
+FINETUNE_CHECKPOINT_DIR = "checkpoint_finetune"
+PLOTS_DIR = "plots"
+BMR_MODES = ("none", "elementwise", "nodewise")
+REGRESSION_LIKELIHOOD_NOISE = None  # learned
+
+# Fields that define the experiment: a resumed run must agree on them with the saved config.
+_MODEL_FIELDS = ("data", "net", "widths", "prior", "batch_size", "lr", "seed", "validation_fraction",
+                 "n_train", "n_test", "sigma0", "inclusion", "temperature", "soft", "centred",
+                 "augment", "activation", "bmr", "shrink")
+
+
+class RunDirectoryError(ValueError):
+    """The output directory holds a finished or unfinished run that we must not silently touch."""
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Everything that defines a run (``sparse-bnn fit --help`` describes each field).
+
+    ``sigma0``/``inclusion`` ``None`` take the architecture's reference values when it has them
+    (``reference_sigma_0``, ``reference_inclusion``; the CIFAR ResNets), else 1 and ``"theory"``.
+    ``augment`` ``None`` follows the data set (flips for Fashion-MNIST).
+    """
+
+    out: str
+    data: str = "fashion-mnist"
+    net: str = "mlp"
+    widths: list[int] = dataclasses.field(default_factory=lambda: [400, 400])
+    prior: str = "ss-ghs"
+    epochs: int = 10
+    batch_size: int = 1024
+    lr: float = 1e-3
+    seed: int = 0
+    data_dir: str | None = None
+    download: bool = True
+    validation_fraction: float = 0.0
+    n_train: int | None = None
+    n_test: int | None = None
+    sigma0: float | None = None
+    inclusion: str | float | None = None
+    temperature: float = 0.5
+    soft: bool = False
+    centred: bool = False
+    threshold: float = 0.5
+    samples: int = 10
+    augment: bool | None = None
+    activation: str = "silu"
+    latency: bool = True
+    fine_tune_epochs: int = 0
+    bmr: str = "none"
+    shrink: bool = False
+    devices: int | None = None
+
+    def check(self) -> "RunConfig":
+        """Raise ``ValueError`` naming the bad field and the valid choices."""
+        if self.net not in NETS:
+            raise ValueError(f"unknown net {self.net!r}; choose one of {', '.join(sorted(NETS))}")
+        if self.prior not in PRIORS:
+            raise ValueError(f"unknown prior {self.prior!r}; choose one of {', '.join(sorted(PRIORS))}")
+        if self.bmr not in BMR_MODES:
+            raise ValueError(f"unknown --bmr mode {self.bmr!r}; choose one of {', '.join(BMR_MODES)}")
+        if self.bmr != "none" and self.shrink:
+            raise ValueError("--bmr and --shrink are two different training schemes; pick one")
+        for name in ("epochs", "fine_tune_epochs"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("batch_size", "samples"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"the learning rate must be positive, got {self.lr}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must lie strictly between 0 and 1, got {self.threshold}")
+        if self.sigma0 is not None and not (math.isfinite(self.sigma0) and self.sigma0 > 0):
+            raise ValueError(f"sigma0 must be positive, got {self.sigma0}")
+        if isinstance(self.inclusion, str) and self.inclusion != "theory":
+            try:
+                self.inclusion = float(self.inclusion)
+            except ValueError:
+                raise ValueError(f"inclusion must be 'theory' or a probability, got {self.inclusion!r}") from None
+        if isinstance(self.inclusion, float) and not 0.0 < self.inclusion < 1.0:
+            raise ValueError(f"inclusion probability must lie in (0, 1), got {self.inclusion}")
+        if self.devices is not None and int(self.devices) <= 0:
+            raise ValueError(f"devices must be a positive integer, got {self.devices}")
+        if self.data_dir is not None and not Path(self.data_dir).is_dir():
+            raise DataNotFoundError(f"data directory {self.data_dir} does not exist (--data-dir); "
+                                    "give the folder that holds the data set's files")
+        self.widths = [int(w) for w in self.widths]
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RunConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+def net_config(config: RunConfig, dataset: Dataset) -> dict:
+    """The network config for the data set's input shape and classes (or 1 output for regression)."""
+    outputs = dataset.num_classes if dataset.task == "classification" else int(np.prod(dataset.y_train.shape[1:]))
+    if config.net == "mlp":
+        return {"net": "mlp", "in_features": dataset.input_dim, "widths": list(config.widths),
+                "out_features": outputs, "activation": config.activation}
+    cls = NETS[config.net]
+    if hasattr(cls, "default_config"):
+        built = dict(cls.default_config(tuple(dataset.input_shape), outputs))
+    else:  # until every net has default_config: image nets take (image_size, in_channels, classes)
+        if len(dataset.input_shape) != 3 or dataset.input_shape[0] != dataset.input_shape[1]:
+            raise ValueError(f"net {config.net!r} needs square images [H, W, C]; the data set "
+                             f"{dataset.name!r} has examples of shape {tuple(dataset.input_shape)}")
+        size, _, channels = dataset.input_shape
+        kwargs = dict(image_size=int(size), in_channels=int(channels), num_classes=int(outputs))
+        if config.net.startswith("resnet"):
+            kwargs["depth"] = int(config.net.removeprefix("resnet"))
+        from flax import nnx
+        built = cls(**kwargs, rngs=nnx.Rngs(0)).config
+    if config.net.startswith("resnet"):
+        built["net"] = config.net
+    return built
+
+
+def build_model(config: RunConfig, dataset: Dataset, net_cfg: Mapping[str, Any], *,
+                freeze_indicators: bool = False) -> SparseBNN:
+    """The :class:`SparseBNN` of a run (network seeded by ``config.seed``)."""
+    cls = NETS[config.net]
+    sigma_0 = config.sigma0 if config.sigma0 is not None else getattr(cls, "reference_sigma_0", 1.0)
+    inclusion = config.inclusion if config.inclusion is not None else getattr(cls, "reference_inclusion", "theory")
+    net = net_from_config(dict(net_cfg), seed=config.seed)
+    likelihood = "categorical" if dataset.task == "classification" else "gaussian"
+    return SparseBNN(net, get_prior(config.prior, sigma_0=float(sigma_0)), n_data=len(dataset.x_train),
+                     likelihood=likelihood, noise=REGRESSION_LIKELIHOOD_NOISE, inclusion=inclusion,
+                     centred=config.centred, temperature=config.temperature, hard=not config.soft,
+                     freeze_indicators=freeze_indicators)
+
+
+def load_run_dataset(config: RunConfig) -> Dataset:
+    return load_dataset(config.data, data_dir=config.data_dir, validation_fraction=config.validation_fraction,
+                        seed=config.seed, download=config.download, n_train=config.n_train,
+                        n_test=config.n_test)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path: Path, value: Any) -> None:
+    _write_atomic(Path(path), (json.dumps(value, indent=2) + "\n").encode())
+
+
+def save_variational_params(path: Path, params: Mapping[str, jax.Array], masks: Masks) -> None:
+    """``{"params": {name: array}, "masks": {"units": ..., "weights": ...}}`` as msgpack."""
+    payload = {"params": {k: np.asarray(v) for k, v in params.items()},
+               "masks": {"units": {k: np.asarray(v) for k, v in masks.units.items()},
+                         "weights": {k: np.asarray(v) for k, v in masks.weights.items()}}}
+    _write_atomic(Path(path), serialization.msgpack_serialize(payload))
+
+
+def load_variational_params(path: Path) -> tuple[dict[str, np.ndarray], Masks]:
+    """The inverse of :func:`save_variational_params` (msgpack only; no code runs)."""
+    payload = serialization.msgpack_restore(Path(path).read_bytes())
+    masks = payload.get("masks", {})
+    return dict(payload["params"]), Masks(dict(masks.get("units", {})), dict(masks.get("weights", {})))
+
+
+def prepare_run_directory(out: Path, *, resume: bool, overwrite: bool) -> bool:
+    """Check what ``out`` holds; returns ``True`` when an unfinished run is to be resumed.
+
+    Raises :class:`RunDirectoryError` for a finished run without ``overwrite``, an unfinished
+    one without ``resume``/``overwrite``, or a non-empty folder that is not a run directory.
+    """
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise RunDirectoryError(f"--out {out} exists and is not a directory")
+    entries = [p for p in out.iterdir()]
+    if not entries:
+        return False
+    is_run = (out / CONFIG_FILE).exists() or (out / METRICS_FILE).exists() or (out / CHECKPOINT_DIR).exists()
+    if not is_run:
+        raise RunDirectoryError(f"--out {out} is a non-empty folder that is not a sparse-bnn run "
+                                "directory; choose a new or empty folder")
+    finished = (out / METRICS_FILE).exists()
+    if overwrite:
+        if finished:  # first un-finish it, so that an interruption cannot leave it looking finished
+            (out / METRICS_FILE).unlink()
+        shutil.rmtree(out)
+        return False
+    if finished:
+        raise RunDirectoryError(f"{out} already holds a finished run ({METRICS_FILE} exists); "
+                                "pass --overwrite to replace it or choose another --out")
+    if not resume:
+        raise RunDirectoryError(f"{out} holds a started but unfinished run; pass --resume to continue "
+                                "it or --overwrite to start again")
+    return True
+
+
+def _check_resumable(out: Path, config: RunConfig) -> None:
+    saved_file = out / CONFIG_FILE
+    if not saved_file.exists():
+        return
+    saved = json.loads(saved_file.read_text()).get("run", {})
+    different = {k: (saved.get(k), getattr(config, k)) for k in _MODEL_FIELDS
+                 if k in saved and saved.get(k) != getattr(config, k)}
+    if different:
+        lines = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in different.items())
+        raise RunDirectoryError(f"cannot resume {out}: the run was started with other settings ({lines}); "
+                                "repeat the original options or pass --overwrite")
+
+
+def _fit_function(config: RunConfig) -> Callable[..., FitResult]:
+    """``fit``, or the BMR / shrinking training schemes (written elsewhere; imported lazily)."""
+    if config.bmr != "none":
+        try:
+            from sparse_bnn.reduction import fit_with_bmr
+        except ImportError as error:
+            raise ValueError(f"--bmr {config.bmr} needs sparse_bnn.reduction.fit_with_bmr, which this "
+                             f"installation lacks ({error}); run without --bmr") from error
+        return lambda bnn, x, y, **kwargs: fit_with_bmr(bnn, x, y, mode=config.bmr, **kwargs)
+    if config.shrink:
+        try:
+            from sparse_bnn.shrink import fit_shrinking
+        except ImportError as error:
+            raise ValueError(f"--shrink needs sparse_bnn.shrink.fit_shrinking, which this installation "
+                             f"lacks ({error}); run without --shrink") from error
+        return fit_shrinking
+    return fit
+
+
+def _check_devices(config: RunConfig) -> None:
+    if config.devices is None:
+        return
+    available = jax.device_count()
+    if config.devices > available:
+        raise ValueError(f"--devices {config.devices} but JAX sees only {available} device(s) "
+                         f"({jax.devices()[0].platform})")
+    if config.devices > 1:
+        raise ValueError("--devices > 1 needs data-parallel training, which sparse_bnn.fit does not "
+                         "offer yet; use --devices 1")
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def _batched_outputs(fn: Callable, x: np.ndarray, batch_size: int = 2048) -> np.ndarray:
+    return np.concatenate([np.asarray(fn(jnp.asarray(x[i:i + batch_size])))
+                           for i in range(0, len(x), batch_size)], axis=0)
+
+
+def compact_predictions(net, x: np.ndarray, task: str) -> np.ndarray:
+    """Class probabilities ``[N, C]`` or means ``[N, out]`` of a (compact) network."""
+    from flax import nnx
+    graphdef, state = nnx.split(net)
+    forward = jax.jit(lambda xb: nnx.merge(graphdef, state)(xb))
+    outputs = _batched_outputs(forward, np.asarray(x, np.float32))
+    return np.asarray(jax.nn.softmax(outputs, -1)) if task == "classification" else outputs
+
+
+def compact_bma_predictions(net, samples: Mapping, x: np.ndarray, task: str) -> np.ndarray:
+    """BMA over stacked compact samples: probabilities ``[N, C]`` or sample means ``[S, N, out]``."""
+    from sparse_bnn.nets import FunctionalNet
+    apply = jax.vmap(FunctionalNet(net).apply, in_axes=(0, None))
+    if task == "classification":
+        fn = jax.jit(lambda xb: jnp.mean(jax.nn.softmax(apply(dict(samples), xb), -1), 0))
+        return _batched_outputs(fn, np.asarray(x, np.float32))
+    fn = jax.jit(lambda xb: apply(dict(samples), xb))  # [S, B, out]
+    outs = [np.asarray(fn(jnp.asarray(x[i:i + 2048]))) for i in range(0, len(x), 2048)]
+    return np.concatenate(outs, axis=1)
+
+
+def score(predictions: np.ndarray, dataset: Dataset, *, noise: float | None = None,
+          samples: bool = False) -> dict[str, float]:
+    """Test metrics: accuracy/NLL/ECE/Brier, or RMSE/Gaussian NLL (standardised and original units)."""
+    if dataset.task == "classification":
+        return metric_fns.classification_metrics(jnp.asarray(predictions), jnp.asarray(dataset.y_test))
+    y = jnp.asarray(dataset.y_test).reshape(len(dataset.y_test), -1)
+    if samples:
+        out = metric_fns.regression_metrics(y, sample_means=jnp.asarray(predictions).reshape(
+            predictions.shape[0], len(dataset.y_test), -1), noise_std=noise)
+    else:
+        out = metric_fns.regression_metrics(y, mean=jnp.asarray(predictions).reshape(y.shape), std=noise)
+    if dataset.y_std is not None:
+        out["rmse_original_units"] = out["rmse"] * float(np.asarray(dataset.y_std).reshape(-1)[0])
+    return out
+
+
+# ----------------------------------------------------------------------------- the experiment
+
+def _log_epoch(log: Callable[[str], None], offset: int = 0, label: str = "epoch"):
+    def callback(epoch: int, record: dict, state) -> None:
+        kept = "/".join(str(v) for v in record["kept"].values())
+        extra = "".join(f" {k}={record[k]:.4f}" for k in ("val_accuracy", "val_rmse") if k in record)
+        log(f"{label} {epoch + offset}: loss={record['loss']:.4f} nll={record['nll']:.4f} "
+            f"kl={record['kl']:.4f} kept={kept}{extra} ({record['seconds']:.2f}s)")
+    return callback
+
+
+def run_experiment(config: RunConfig | Mapping[str, Any], *, resume: bool = False, overwrite: bool = False,
+                   progress: bool = True, log: Callable[[str], None] | None = None) -> dict:
+    """Run one experiment into ``config.out`` and return its metrics (also in ``metrics.json``).
+
+    Args:
+      config: a :class:`RunConfig` (or a dict of its fields).
+      resume: continue an unfinished run in ``config.out`` from its last checkpoint.
+      overwrite: replace whatever run ``config.out`` holds.
+      progress: show fit's progress bar per epoch; otherwise ``log`` gets one line per epoch.
+      log: where per-epoch lines and notes go (``None``: nowhere).
+
+    Raises:
+      ValueError / DataNotFoundError: bad input (nothing is written then, or an unfinished run).
+      RunDirectoryError: ``config.out`` holds a run that must not be touched.
+      sparse_bnn.fit.DivergenceError: the loss stopped being finite; the last good checkpoint stays
+        in ``RUN/checkpoint`` and no ``metrics.json`` is written.
+    """
+    config = RunConfig.from_dict(config) if isinstance(config, Mapping) else dataclasses.replace(config)
+    config.check()
+    _check_devices(config)
+    out = Path(config.out)
+    resuming = prepare_run_directory(out, resume=resume, overwrite=overwrite)
+    if resuming:
+        _check_resumable(out, config)
+    fit_function = _fit_function(config)
+    dataset = load_run_dataset(config)
+    net_cfg = net_config(config, dataset)
+    bnn = build_model(config, dataset, net_cfg)
+    augment_flag = dataset.flip_augment if config.augment is None else config.augment
+    augment = flip_augment if augment_flag and dataset.is_image else None
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / CONFIG_FILE, {
+        "run": config.to_dict(), "net_config": net_cfg, "sparse_bnn_version": sparse_bnn.__version__,
+        "jax_version": jax.__version__, "dataset": dataset.summary(), "augment": bool(augment is not None),
+        "sigma_0": float(bnn.prior.sigma_0), "inclusion": {k: float(v) for k, v in bnn.inclusion.items()}})
+    optimizer = optax.adam(config.lr)
+    validation = (dataset.x_val, dataset.y_val) if len(dataset.x_val) else None
+    checkpoint_dir = out / CHECKPOINT_DIR
+    if fit_function is fit and not (checkpoint_dir / "checkpoint.msgpack").exists():
+        # an epoch-0 checkpoint, so that even a first-epoch divergence leaves a good checkpoint
+        save_checkpoint(checkpoint_dir, init_state(bnn, optimizer, config.seed), [])
+    quiet_log = (lambda message: None) if log is None else log
+    callbacks = () if progress else (_log_epoch(quiet_log),)
+    fit_kwargs = dict(epochs=config.epochs, batch_size=config.batch_size, optimizer=optimizer,
+                      seed=config.seed, augment=augment, progress=progress, validation=validation,
+                      callbacks=callbacks)
+    started = time.perf_counter()
+    result = fit_function(bnn, dataset.x_train, dataset.y_train, checkpoint_dir=checkpoint_dir,
+                          resume=True, **fit_kwargs)
+    history = [dict(r, phase="sparse") for r in result.history]
+    compile_seconds = result.compile_seconds
+    final_bnn, params, masks = result.bnn, result.params, result.state.masks
+    inclusion = {name: np.asarray(p) for name, p in posterior.inclusion_probs(final_bnn, params).items()}
+
+    if config.fine_tune_epochs > 0:
+        keep = posterior.keep_masks(final_bnn, params, config.threshold, masks)
+        unit_masks = Masks(units={name: jnp.asarray(k, jnp.float32) for name, k in keep.items()},
+                           weights=dict(masks.weights))
+        tuned_bnn = build_model(config, dataset, net_cfg, freeze_indicators=True)
+        wanted = tuned_bnn.init_params()
+        init = {k: params[k] for k in wanted}
+        tuned = fit(tuned_bnn, dataset.x_train, dataset.y_train, init_params=init, masks=unit_masks,
+                    checkpoint_dir=out / FINETUNE_CHECKPOINT_DIR, resume=True,
+                    **{**fit_kwargs, "epochs": config.fine_tune_epochs,
+                       "callbacks": () if progress else (_log_epoch(quiet_log, config.epochs, "fine-tune epoch"),)})
+        history += [dict(r, epoch=r["epoch"] + config.epochs, phase="fine-tune") for r in tuned.history]
+        compile_seconds += tuned.compile_seconds
+        final_bnn, params, masks = tuned.bnn, tuned.params, tuned.state.masks
+    session_seconds = time.perf_counter() - started
+
+    write_json(out / HISTORY_FILE, history)
+    save_variational_params(out / PARAMS_FILE, params, masks)
+    metrics = evaluate_fitted(final_bnn, params, masks, dataset, config, out)
+    metrics.update(training_seconds=float(sum(r["seconds"] for r in history)),
+                   compile_seconds=float(compile_seconds), session_seconds=float(session_seconds),
+                   epochs=int(config.epochs), fine_tune_epochs=int(config.fine_tune_epochs))
+    _plots(out, history, inclusion, metrics.pop("_calibration", None), config.threshold, quiet_log)
+    write_json(out / METRICS_FILE, metrics)
+    return metrics
+
+
+def evaluate_fitted(bnn: SparseBNN, params: Mapping[str, jax.Array], masks: Masks, dataset: Dataset,
+                    config: RunConfig, out: Path) -> dict:
+    """BMA and compact-network test metrics; writes ``compact/`` and ``report.json``."""
+    key = jax.random.PRNGKey(config.seed)
+    task = dataset.task
+    noise = posterior.noise_scale(bnn, params) if task == "regression" else None
+    bma = posterior.predict(bnn, params, dataset.x_test, n_samples=config.samples, key=key, masks=masks)
+    weights, keep = posterior.posterior_mean_params(bnn, params, config.threshold, masks)
+    keep = {name: np.asarray(k, bool) for name, k in keep.items()}
+    compact_net, _ = prune.compact(bnn.net, weights, keep)
+    samples = posterior.sample_params(bnn, params, key, config.samples, masks)
+    _, compact_samples = prune.compact_samples(bnn.net, samples, keep)
+    compact_probs = compact_predictions(compact_net, dataset.x_test, task)
+    result = {"task": task, "data": dataset.name, "num_test": int(len(dataset.x_test)),
+              "bma": {**score(bma, dataset, noise=noise, samples=True), "samples": int(config.samples)},
+              "compact": score(compact_probs, dataset, noise=noise),
+              "threshold": float(config.threshold)}
+    if noise is not None:
+        result["noise_std"] = float(noise)
+    compression = report_lib.compression_report(
+        bnn.net, compact_net, keep, dataset.input_shape, measure_latency=config.latency,
+        batch_sizes=(1, config.batch_size))
+    write_json(out / REPORT_FILE, compression.to_dict())
+    compact_io.save_compact(out / COMPACT_DIR, compact_net, params_samples=compact_samples, metadata={
+        "task": task, "data": dataset.name, "noise_std": noise, "threshold": float(config.threshold),
+        "compact_metrics": result["compact"]})
+    result.update(
+        kept_units={l.name: l.kept for l in compression.layers if l.prunable},
+        total_units={l.name: l.total for l in compression.layers if l.prunable},
+        params_dense=compression.params_dense, params_compact=compression.params_compact,
+        flops_dense=compression.flops_dense, flops_compact=compression.flops_compact,
+        latency=[{"batch_size": r.batch_size, "dense_s": r.dense_s, "compact_s": r.compact_s,
+                  "speedup": r.speedup} for r in compression.latency])
+    if task == "classification":
+        bins = metric_fns.calibration_bins(jnp.asarray(bma), jnp.asarray(dataset.y_test))
+        result["_calibration"] = bins
+    return result
+
+
+def _plots(out: Path, history: list[dict], inclusion: Mapping[str, np.ndarray], calibration,
+           threshold: float, log) -> None:
+    from sparse_bnn import plots
+    try:
+        plots.write_run_plots(out / PLOTS_DIR, history, inclusion, calibration, threshold)
+    except Exception as error:  # noqa: BLE001 - a failed figure must not lose a finished run
+        log(f"warning: could not draw the plots: {error}")
+
+
+# ----------------------------------------------------------------------------- evaluate / report
+
+def read_run(run_dir: str | os.PathLike) -> tuple[RunConfig, dict]:
+    """``(RunConfig, metrics)`` of a finished run; ``ValueError`` if it is not one."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise ValueError(f"{run_dir} is not a sparse-bnn run directory (no {CONFIG_FILE})")
+    if not (run_dir / METRICS_FILE).is_file():
+        raise ValueError(f"{run_dir} holds an unfinished run (no {METRICS_FILE}); finish it with "
+                         "sparse-bnn fit ... --resume")
+    saved = json.loads((run_dir / CONFIG_FILE).read_text())
+    return RunConfig.from_dict(saved["run"]), json.loads((run_dir / METRICS_FILE).read_text())
+
+
+def evaluate_run(run_dir: str | os.PathLike, *, data_dir: str | None = None) -> dict:
+    """Recompute the test metrics from the saved compact model and the data named in config.json.
+
+    Returns ``{"compact": {...}, "compact_bma": {...}}`` (the median-probability network and
+    Bayesian model averaging over the saved compact samples).
+    """
+    run_dir = Path(run_dir)
+    config, _ = read_run(run_dir)
+    if data_dir is not None:
+        config.data_dir = data_dir
+    dataset = load_run_dataset(config)
+    architecture = json.loads((run_dir / COMPACT_DIR / compact_io.ARCHITECTURE).read_text())
+    noise = architecture.get("metadata", {}).get("noise_std")
+    net = compact_io.load_compact(run_dir / COMPACT_DIR)
+    result = {"compact": score(compact_predictions(net, dataset.x_test, dataset.task), dataset, noise=noise)}
+    if architecture.get("num_samples"):
+        net, samples = compact_io.load_compact_samples(run_dir / COMPACT_DIR)
+        result["compact_bma"] = score(compact_bma_predictions(net, samples, dataset.x_test, dataset.task),
+                                      dataset, noise=noise, samples=True)
+    return result
+
+
+def report_table(run_dir: str | os.PathLike) -> str:
+    """The compression table of a finished run, with its test metrics."""
+    run_dir = Path(run_dir)
+    config, metrics = read_run(run_dir)
+    compression = report_lib.CompressionReport.from_json((run_dir / REPORT_FILE).read_text())
+    lines = [f"run {run_dir}: {config.prior} on {config.data}, net {config.net}, "
+             f"{metrics.get('epochs')} epochs ({metrics.get('training_seconds', 0):.1f}s training)", ""]
+    lines.append(compression.table())
+    lines.append("")
+    names = ("accuracy", "nll", "ece", "brier") if metrics["task"] == "classification" else ("rmse", "nll")
+    lines.append(f"{'test':<22}" + "".join(f"{n:>12}" for n in names))
+    for label, key in ((f"BMA ({metrics['bma'].get('samples')} samples)", "bma"), ("compact (median)", "compact")):
+        lines.append(f"{label:<22}" + "".join(f"{metrics[key][n]:>12.4f}" for n in names))
+    return "\n".join(lines)

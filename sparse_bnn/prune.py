@@ -128,7 +128,7 @@ def _check_param_axes(layers: Sequence[UnitLayer], params: Mapping[Path, Any],
                 if ref.path not in params:
                     continue
                 shape = np.shape(params[ref.path])[leading:]
-                axis = ref.axis if ref.axis < 0 else ref.axis
+                axis = ref.axis
                 if not -len(shape) <= axis < len(shape) or shape[axis] != _axis_length(layer, ref):
                     raise ValueError(
                         f"parameter {path_name(ref.path)} has shape {tuple(shape)}, but as a {role} of "
@@ -257,9 +257,7 @@ def _compact_flat(net: nnx.Module, layers: Sequence[UnitLayer], params: Mapping[
     # Fold what removed (and placeholder) units still send downstream into the consumers' biases,
     # then zero the placeholder's outgoing rows: the compact net reproduces the masked one.
     for layer in layers:
-        removed = ~masks[layer.name]
-        if placeholders and layer.name in placeholders:
-            removed = np.ones_like(removed)
+        removed = ~masks[layer.name]  # all True for a placeholder layer
         if not removed.any():
             continue
         for ref in layer.consumers:
@@ -269,10 +267,10 @@ def _compact_flat(net: nnx.Module, layers: Sequence[UnitLayer], params: Mapping[
             if layer.inactive_output != 0.0:
                 out = _fold_inactive(net, out, layer, ref, removed)
             if layer.name in placeholders:
-                rows = _axis_indices(slice_masks[layer.name], ref.interleave)
-                keep_rows = np.ones(kernel.shape[ref.axis], dtype=bool)
-                keep_rows[rows] = False
-                out[ref.path] = out[ref.path] * _broadcast(keep_rows.astype(kernel.dtype), kernel.ndim,
+                placeholder_rows = _axis_indices(slice_masks[layer.name], ref.interleave)
+                row_factor = np.ones(kernel.shape[ref.axis], dtype=kernel.dtype)
+                row_factor[placeholder_rows] = 0
+                out[ref.path] = out[ref.path] * _broadcast(row_factor, kernel.ndim,
                                                            ParamAxis(ref.path, ref.axis))
     return _slice(layers, out, slice_masks)
 

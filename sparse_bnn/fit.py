@@ -21,11 +21,16 @@ import numpy as np
 import optax
 from flax import serialization
 
+from jax.sharding import Mesh
+
+from sparse_bnn.distributed import (batch_sharding, check_batch_size, chunk_sharding, local_batch_slice, place,
+                                    place_chunk, replicated, resolve_mesh, should_stream)
 from sparse_bnn.elbo import elbo_terms
 from sparse_bnn.model import Masks, SparseBNN
 
 CHECKPOINT_FILE = "checkpoint.msgpack"
 HISTORY_FILE = "history.json"
+STREAM_CHUNK_BYTES = 64 * 2**20  # inputs per streamed chunk (two chunks are in flight at a time)
 
 
 class TrainState(NamedTuple):
@@ -93,30 +98,133 @@ def make_step(bnn: SparseBNN, optimizer: optax.GradientTransformation,
     return step
 
 
-def make_epoch(step: Callable, n_data: int, batch_size: int) -> Callable:
+def epoch_plan(rng_key: jax.Array, n_data: int, batch_size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """An epoch's random choices, drawn from the state's key.
+
+    Returns ``(order [steps, batch_size] int32, step_keys [steps, 2], next_key [2])``: the
+    shuffled row indices of each minibatch (the last incomplete one dropped), the key of each
+    step, and the key the next epoch starts from. Device-resident and streamed epochs both use
+    this, so they see the same minibatches and the same noise.
+    """
+    steps = n_data // batch_size
+    key, shuffle_key, next_key = jax.random.split(rng_key, 3)
+    order = jax.random.permutation(shuffle_key, n_data)[: steps * batch_size].reshape(steps, batch_size)
+    return order, jax.random.split(key, steps), next_key
+
+
+def _scan_steps(step: Callable, params, opt_state, masks: Masks, batches, mesh: Mesh | None,
+                gather: Callable | None = None):
+    """``lax.scan`` of ``step`` over ``batches`` (a pytree with a leading ``[steps]`` axis that ends
+    in the step keys). ``gather(batch) -> (x, y)`` turns one scanned element into a minibatch;
+    with a ``mesh``, the minibatch is kept sharded along the batch axis and the carry replicated."""
+
+    def body(carry, inputs):
+        params, opt_state = carry
+        *batch, step_key = inputs
+        x, y = gather(*batch) if gather is not None else batch
+        if mesh is not None:
+            x, y = jax.lax.with_sharding_constraint((x, y), batch_sharding(mesh))
+        params, opt_state, stats = step(params, opt_state, step_key, x, y, masks)
+        if mesh is not None:
+            params, opt_state = jax.lax.with_sharding_constraint((params, opt_state), replicated(mesh))
+        return (params, opt_state), stats
+
+    return jax.lax.scan(body, (params, opt_state), batches)
+
+
+def make_epoch(step: Callable, n_data: int, batch_size: int, mesh: Mesh | None = None) -> Callable:
     """One epoch: shuffle, then ``lax.scan`` of ``step`` over ``n_data // batch_size`` minibatches.
 
     Returns ``epoch(state, x, y) -> (state, EpochStats)``; ``x [N, ...]``, ``y [N, ...]`` on device.
     The last incomplete minibatch of each shuffled epoch is dropped (static shapes).
+    With a ``mesh`` (see :mod:`sparse_bnn.distributed`), ``x``/``y`` are expected replicated: the
+    shuffled indices are sharded along the batch axis, so each device gathers its own rows and
+    every minibatch is sharded over ``"data"``; parameters and optimiser state stay replicated.
     """
-    steps = n_data // batch_size
 
     def epoch(state: TrainState, x: jax.Array, y: jax.Array):
-        key, shuffle_key, next_key = jax.random.split(state.rng_key, 3)
-        order = jax.random.permutation(shuffle_key, n_data)[: steps * batch_size].reshape(steps, batch_size)
-
-        def body(carry, inputs):
-            params, opt_state = carry
-            index, step_key = inputs
-            params, opt_state, stats = step(params, opt_state, step_key, x[index], y[index], state.masks)
-            return (params, opt_state), stats
-
-        (params, opt_state), (loss, nll, kl) = jax.lax.scan(
-            body, (state.params, state.opt_state), (order, jax.random.split(key, steps)))
+        order, step_keys, next_key = epoch_plan(state.rng_key, n_data, batch_size)
+        if mesh is not None:
+            order = jax.lax.with_sharding_constraint(order, chunk_sharding(mesh))
+        (params, opt_state), (loss, nll, kl) = _scan_steps(
+            step, state.params, state.opt_state, state.masks, (order, step_keys), mesh,
+            gather=lambda index: (x[index], y[index]))
         stats = EpochStats(jnp.mean(loss), jnp.mean(nll), jnp.mean(kl))
         return TrainState(params, opt_state, next_key, state.epoch + 1, state.masks), stats
 
     return epoch
+
+
+class StreamingEpoch:
+    """One epoch fed from host memory in chunks of ``chunk_steps`` minibatches, with prefetching.
+
+    ``epoch(state, x, y) -> (state, EpochStats)`` with ``x``, ``y`` host arrays (NumPy, or a
+    ``numpy.memmap``): the permutation of :func:`epoch_plan` is gathered on the host one chunk
+    ``[chunk_steps, batch_size, ...]`` at a time, put on the mesh sharded along the batch axis,
+    and run by one jitted ``lax.scan``; the next chunk is gathered and sent while the devices
+    work on the current one. The same seed gives the same result as :func:`make_epoch`.
+    """
+
+    def __init__(self, step: Callable, n_data: int, batch_size: int, mesh: Mesh, chunk_steps: int):
+        if int(chunk_steps) <= 0:
+            raise ValueError(f"chunk_steps must be positive, got {chunk_steps}")
+        self.n_data, self.batch_size, self.mesh = n_data, batch_size, mesh
+        self.steps = n_data // batch_size
+        self.chunk_steps = min(int(chunk_steps), self.steps)
+        self.columns = local_batch_slice(mesh, batch_size)
+        self._plan = jax.jit(lambda key: epoch_plan(key, n_data, batch_size), out_shardings=replicated(mesh))
+
+        def run_chunk(params, opt_state, masks, x_chunk, y_chunk, step_keys):
+            return _scan_steps(step, params, opt_state, masks, (x_chunk, y_chunk, step_keys), mesh)
+
+        self._run_chunk = jax.jit(run_chunk, donate_argnums=(0, 1), out_shardings=replicated(mesh))
+        self._compiled: dict[int, Any] = {}
+
+    def chunk_bounds(self) -> list[tuple[int, int]]:
+        """``[(first step, end step), ...]`` of every chunk of an epoch."""
+        return [(start, min(start + self.chunk_steps, self.steps)) for start in range(0, self.steps, self.chunk_steps)]
+
+    def compile(self, state: TrainState, x: np.ndarray, y: np.ndarray) -> None:
+        """Compile the chunk scans ahead of time (one for full chunks, one for a shorter last chunk)."""
+        for steps in sorted({end - start for start, end in self.chunk_bounds()}):
+            self._executable(state, x, y, steps)
+
+    def _executable(self, state: TrainState, x: np.ndarray, y: np.ndarray, steps: int):
+        if steps not in self._compiled:
+            def chunk_spec(array):
+                shape = (steps, self.batch_size, *array.shape[1:])
+                return jax.ShapeDtypeStruct(shape, array.dtype, sharding=chunk_sharding(self.mesh))
+            keys = jax.ShapeDtypeStruct((steps, *state.rng_key.shape), state.rng_key.dtype,
+                                        sharding=replicated(self.mesh))
+            self._compiled[steps] = self._run_chunk.lower(
+                state.params, state.opt_state, state.masks, chunk_spec(x), chunk_spec(y), keys).compile()
+        return self._compiled[steps]
+
+    def _load(self, x: np.ndarray, y: np.ndarray, order: np.ndarray, step_keys: np.ndarray,
+              bounds: tuple[int, int]):
+        start, end = bounds
+        index = order[start:end, self.columns]  # this process's rows of each global minibatch
+        shape = lambda array: (end - start, self.batch_size, *array.shape[1:])  # noqa: E731
+        return (place_chunk(np.take(x, index, axis=0), self.mesh, shape(x)),
+                place_chunk(np.take(y, index, axis=0), self.mesh, shape(y)),
+                place(step_keys[start:end], replicated(self.mesh)))
+
+    def __call__(self, state: TrainState, x: np.ndarray, y: np.ndarray) -> tuple[TrainState, EpochStats]:
+        order, step_keys, next_key = self._plan(state.rng_key)
+        order, step_keys = np.asarray(order), np.asarray(step_keys)
+        bounds = self.chunk_bounds()
+        params, opt_state, per_step = state.params, state.opt_state, []
+        upcoming = self._load(x, y, order, step_keys, bounds[0])
+        for i, (start, end) in enumerate(bounds):
+            current = upcoming
+            (params, opt_state), stats = self._executable(state, x, y, end - start)(
+                params, opt_state, state.masks, *current)
+            if i + 1 < len(bounds):  # dispatch is asynchronous: gather and send the next chunk meanwhile
+                upcoming = self._load(x, y, order, step_keys, bounds[i + 1])
+            per_step.append(stats)
+        loss, nll, kl = (jnp.concatenate(values) for values in zip(*per_step))
+        stats = EpochStats(jnp.mean(loss), jnp.mean(nll), jnp.mean(kl))
+        return TrainState(params, opt_state, next_key, state.epoch + 1, state.masks), stats
 
 
 def validate_data(bnn: SparseBNN, x, y) -> tuple[np.ndarray, np.ndarray]:
@@ -211,8 +319,10 @@ def fit(bnn: SparseBNN, x, y, *, epochs: int, batch_size: int = 1024,
         augment: Callable | None = None, progress: bool = True,
         validation: tuple[Any, Any] | None = None, checkpoint_dir: str | Path | None = None,
         resume: bool = False, callbacks: Sequence[Callable[[int, dict, TrainState], None]] = (),
-        masks: Masks | None = None, init_params: Mapping[str, jax.Array] | None = None) -> FitResult:
-    """Fit ``bnn`` to ``(x, y)`` by SVI.
+        masks: Masks | None = None, init_params: Mapping[str, jax.Array] | None = None,
+        mesh: Mesh | None = None, devices: int | Sequence[jax.Device] | None = None,
+        streaming: bool | None = None, stream_chunk_steps: int | None = None) -> FitResult:
+    """Fit ``bnn`` to ``(x, y)`` by SVI, data-parallel over a device mesh.
 
     Args:
       bnn: the model (network + prior + likelihood).
@@ -229,6 +339,17 @@ def fit(bnn: SparseBNN, x, y, *, epochs: int, batch_size: int = 1024,
       callbacks: ``callback(epoch, record, state)`` after each epoch.
       masks: fixed unit/entry masks (:class:`sparse_bnn.model.Masks`), e.g. for fine-tuning.
       init_params: start from these variational parameters instead of the initialisation.
+      mesh: a :class:`jax.sharding.Mesh` with an axis ``"data"``: every minibatch is sharded along
+        it, parameters and optimiser state are replicated, XLA reduces the gradients
+        (:mod:`sparse_bnn.distributed`). ``batch_size`` is the global batch and must divide by
+        the size of the ``"data"`` axis.
+      devices: instead of ``mesh``: the first ``N`` local devices (or a list of devices); by
+        default every device (one device: the plain single-device computation).
+      streaming: ``True`` keeps the data in host memory and streams each epoch to the devices in
+        chunks with prefetching; ``False`` puts the data on every device; ``None`` chooses by
+        size (:func:`sparse_bnn.distributed.should_stream`). Both give the same result.
+      stream_chunk_steps: minibatches per streamed chunk (default: about
+        ``STREAM_CHUNK_BYTES`` of inputs per chunk).
 
     Returns:
       :class:`FitResult`. Raises :class:`DivergenceError` (holding the last good result) when the
@@ -251,12 +372,26 @@ def fit(bnn: SparseBNN, x, y, *, epochs: int, batch_size: int = 1024,
         restored = load_checkpoint(checkpoint_dir, state)
         if restored is not None:
             state, history = restored
-    x_device, y_device = jnp.asarray(x), jnp.asarray(y)
-    epoch_fn = jax.jit(make_epoch(make_step(bnn, optimizer, augment), n_data, batch_size), donate_argnums=0)
+    mesh = resolve_mesh(mesh, devices)
+    check_batch_size(batch_size, mesh)
+    state = place(state, replicated(mesh))
+    step = make_step(bnn, optimizer, augment)
+    if streaming is None:
+        streaming = should_stream(x.nbytes + y.nbytes, mesh)
     started = time.perf_counter()
-    compiled = epoch_fn.lower(state, x_device, y_device).compile()
+    if streaming:
+        if stream_chunk_steps is None:
+            stream_chunk_steps = max(1, STREAM_CHUNK_BYTES // (batch_size * max(1, x[0].nbytes)))
+        x_data, y_data = x, y
+        compiled = StreamingEpoch(step, n_data, batch_size, mesh, stream_chunk_steps)
+        compiled.compile(state, x_data, y_data)
+    else:
+        x_data, y_data = place((x, y), replicated(mesh))
+        epoch_fn = jax.jit(make_epoch(step, n_data, batch_size, mesh), donate_argnums=0,
+                           out_shardings=replicated(mesh))
+        compiled = epoch_fn.lower(state, x_data, y_data).compile()
     compile_seconds = time.perf_counter() - started
-    evaluate = _validation_fn(bnn, validation)
+    evaluate = _validation_fn(bnn, validation, mesh)
 
     bar = None
     if progress:
@@ -265,7 +400,7 @@ def fit(bnn: SparseBNN, x, y, *, epochs: int, batch_size: int = 1024,
     while int(state.epoch) < epochs:
         last_good = jax.tree_util.tree_map(jnp.copy, state)
         started = time.perf_counter()
-        new_state, stats = compiled(state, x_device, y_device)
+        new_state, stats = compiled(state, x_data, y_data)
         stats = jax.device_get(stats)
         seconds = time.perf_counter() - started
         if not all(np.isfinite(v) for v in stats):
@@ -299,12 +434,12 @@ def fit(bnn: SparseBNN, x, y, *, epochs: int, batch_size: int = 1024,
     return FitResult(bnn, state.params, history, state, compile_seconds)
 
 
-def _validation_fn(bnn: SparseBNN, validation):
+def _validation_fn(bnn: SparseBNN, validation, mesh: Mesh):
     if validation is None:
         return None
     from sparse_bnn.posterior import posterior_mean_params
     x_val, y_val = validate_data(bnn, *validation)
-    x_device = jnp.asarray(x_val)
+    x_device = place(x_val, replicated(mesh))
     outputs_fn = jax.jit(lambda params, masks: bnn.functional.apply(
         posterior_mean_params(bnn, params, masks=masks)[0], x_device))
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import jax
@@ -24,34 +22,13 @@ from flax import nnx
 
 from sparse_bnn.nets import MLP, FunctionalNet
 from sparse_bnn.prune import compact
-from sparse_bnn.report import count_macs, count_params
+from sparse_bnn.report import count_macs, count_params, forward_latency
 
 INPUT_SHAPE = (784,)
 WIDTHS = (400, 400)
 DENSITIES = (0.5, 0.2, 0.1, 0.05)
 BATCH_SIZES = (1, 1024)
 TARGET_EFFICIENCY = 0.7
-
-
-def paired_latency(dense: nnx.Module, small: nnx.Module, batch_size: int, repeats: int,
-                   warmup: int) -> tuple[float, float]:
-    """Median seconds per jitted call of each network, timed alternately so that both see the
-    same load on a shared machine."""
-    x = jax.random.normal(jax.random.key(0), (batch_size, *INPUT_SHAPE))
-    calls = []
-    for net in (dense, small):
-        graphdef, state = nnx.split(net)
-        forward = jax.jit(lambda s, x, graphdef=graphdef: nnx.merge(graphdef, s)(x))
-        for _ in range(warmup):
-            jax.block_until_ready(forward(state, x))
-        calls.append((forward, state))
-    times = ([], [])
-    for _ in range(repeats):
-        for (forward, state), record in zip(calls, times):
-            start = time.perf_counter()
-            jax.block_until_ready(forward(state, x))
-            record.append(time.perf_counter() - start)
-    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def run(repeats: int, warmup: int, seed: int = 0) -> dict:
@@ -68,7 +45,8 @@ def run(repeats: int, warmup: int, seed: int = 0) -> dict:
         small, _ = compact(dense, params, keep)
         macs = count_macs(small, INPUT_SHAPE)
         for batch_size in BATCH_SIZES:
-            dense_latency, latency = paired_latency(dense, small, batch_size, repeats, warmup)
+            dense_latency, latency = forward_latency((dense, small), INPUT_SHAPE, batch_size,
+                                                     repeats=repeats, warmup=warmup)
             speedup = dense_latency / latency
             flop_ratio = dense_macs / macs
             rows.append({"density": density, "widths": list(small.widths), "batch_size": batch_size,

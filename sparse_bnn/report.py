@@ -81,20 +81,28 @@ def count_params(net: nnx.Module) -> int:
     return sum(int(np.size(v)) for v in jax.tree_util.tree_leaves(nnx.state(net, nnx.Param)))
 
 
-def forward_latency(net: nnx.Module, input_shape: Sequence[int], batch_size: int,
-                    repeats: int = 20, warmup: int = 3, seed: int = 0) -> float:
-    """Median wall-clock seconds of one jitted forward pass at ``batch_size`` (after warm-up)."""
-    graphdef, state = nnx.split(net)
-    forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
+def forward_latency(nets: Sequence[nnx.Module], input_shape: Sequence[int], batch_size: int,
+                    repeats: int = 20, warmup: int = 3, seed: int = 0) -> list[float]:
+    """Median wall-clock seconds of one jitted forward pass of each network at ``batch_size``.
+
+    After ``warmup`` calls each, the networks are called in turn ``repeats`` times, so that on a
+    shared machine every network sees the same load; returns one median per network.
+    """
     x = jax.random.normal(jax.random.key(seed), (batch_size, *input_shape))
-    for _ in range(max(warmup, 1)):
-        jax.block_until_ready(forward(state, x))
-    times = []
+    calls = []
+    for net in nets:
+        graphdef, state = nnx.split(net)
+        forward = jax.jit(lambda s, x, graphdef=graphdef: nnx.merge(graphdef, s)(x))
+        for _ in range(max(warmup, 1)):
+            jax.block_until_ready(forward(state, x))
+        calls.append((forward, state))
+    times: list[list[float]] = [[] for _ in nets]
     for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(forward(state, x))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for (forward, state), record in zip(calls, times):
+            start = time.perf_counter()
+            jax.block_until_ready(forward(state, x))
+            record.append(time.perf_counter() - start)
+    return [statistics.median(record) for record in times]
 
 
 # ----------------------------------------------------------------------------- the report
@@ -234,11 +242,9 @@ def compression_report(net: nnx.Module, compact_net: nnx.Module, keep: Mapping[s
     latency = []
     if measure_latency:
         for batch_size in batch_sizes:
-            latency.append(LatencyRow(
-                int(batch_size),
-                forward_latency(net, input_shape, batch_size, repeats=repeats, warmup=warmup),
-                forward_latency(compact_net, input_shape, batch_size, repeats=repeats,
-                                warmup=warmup)))
+            dense_s, compact_s = forward_latency((net, compact_net), input_shape, batch_size,
+                                                 repeats=repeats, warmup=warmup)
+            latency.append(LatencyRow(int(batch_size), dense_s, compact_s))
     return CompressionReport(
         layers=layers,
         params_dense=count_params(net), params_compact=count_params(compact_net),

@@ -35,8 +35,10 @@ POOL = 2
 def zero_preserving_activation(name: str):
     """The activation called ``name``; raises unless ``act(0) == 0``."""
     act = get_activation(name)
-    if float(act(0.0)) != 0.0:
-        raise ValueError(f"activation {name!r} has act(0) = {float(act(0.0))}; convolutional nets "
+    with jax.ensure_compile_time_eval():  # concrete even while tracing (nnx.eval_shape)
+        at_zero = float(act(0.0))
+    if at_zero != 0.0:
+        raise ValueError(f"activation {name!r} has act(0) = {at_zero}; convolutional nets "
                          "need act(0) = 0 so that removed channels send exactly zero "
                          "(use relu, silu, gelu, tanh, elu or leaky_relu)")
     return act

@@ -187,7 +187,7 @@ class VisionTransformer(nnx.Module):
                 members=(ParamAxis(("blocks", i, "mlp_in", "kernel"), 1),
                          ParamAxis(("blocks", i, "mlp_in", "bias"), 0)),
                 consumers=(ParamAxis(("blocks", i, "mlp_out", "kernel"), 0),),
-                inactive_output=float(nnx.gelu(0.0))))
+                inactive_output=0.0))  # gelu(0) = 0
         out.append(UnitLayer(
             name="head", units=self.num_classes, fan_in=self.embed_dim,
             members=(ParamAxis(("head", "kernel"), 1), ParamAxis(("head", "bias"), 0)),

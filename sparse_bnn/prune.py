@@ -47,7 +47,7 @@ from sparse_bnn.nets.base import (ParamAxis, Path, UnitLayer, flatten_paths, pat
 Params = dict[Path, jax.Array]
 KeepMasks = Mapping[str, Any]
 
-__all__ = ["check_keep", "compact", "compact_params", "compact_samples", "kept_units",
+__all__ = ["check_keep", "check_params", "compact", "compact_params", "compact_samples", "kept_units",
            "mask_params", "threshold_keep"]
 
 

@@ -40,7 +40,7 @@ from sparse_bnn import compact_io, metrics as metric_fns, posterior, prune, repo
 from sparse_bnn.data import Dataset, DataNotFoundError, flip_augment, load_dataset
 from sparse_bnn.fit import FitResult, fit, init_state, save_checkpoint
 from sparse_bnn.model import Masks, SparseBNN
-from sparse_bnn.nets import NETS, net_from_config
+from sparse_bnn.nets import NETS, FunctionalNet, net_from_config
 from sparse_bnn.priors import PRIORS, get_prior
 
 CONFIG_FILE = "config.json"
@@ -319,16 +319,21 @@ def compact_predictions(net, x: np.ndarray, task: str) -> np.ndarray:
     return np.asarray(jax.nn.softmax(outputs, -1)) if task == "classification" else outputs
 
 
-def compact_bma_predictions(net, samples: Mapping, x: np.ndarray, task: str) -> np.ndarray:
-    """BMA over stacked compact samples: probabilities ``[N, C]`` or sample means ``[S, N, out]``."""
-    from sparse_bnn.nets import FunctionalNet
-    apply = jax.vmap(FunctionalNet(net).apply, in_axes=(0, None))
+def bma_predictions(apply: Callable, samples: Mapping, x: np.ndarray, task: str) -> np.ndarray:
+    """Bayesian model averaging with ``apply(params, x)`` over stacked samples ``{path: [S, ...]}``.
+
+    Returns class probabilities ``[N, C]`` (mean over samples) or sample means ``[S, N, out]``.
+    """
+    batched_apply = jax.vmap(apply, in_axes=(0, None))
+    samples = dict(samples)
+    x = np.asarray(x, np.float32)
     if task == "classification":
-        fn = jax.jit(lambda xb: jnp.mean(jax.nn.softmax(apply(dict(samples), xb), -1), 0))
-        return _batched_outputs(fn, np.asarray(x, np.float32))
-    fn = jax.jit(lambda xb: apply(dict(samples), xb))  # [S, B, out]
-    outs = [np.asarray(fn(jnp.asarray(x[i:i + 2048]))) for i in range(0, len(x), 2048)]
-    return np.concatenate(outs, axis=1)
+        fn = jax.jit(lambda s, xb: jnp.mean(jax.nn.softmax(batched_apply(s, xb), -1), 0))
+        return np.concatenate([np.asarray(fn(samples, jnp.asarray(x[i:i + 2048])))
+                               for i in range(0, len(x), 2048)], axis=0)
+    fn = jax.jit(lambda s, xb: batched_apply(s, xb))  # [S, B, out]
+    return np.concatenate([np.asarray(fn(samples, jnp.asarray(x[i:i + 2048])))
+                           for i in range(0, len(x), 2048)], axis=1)
 
 
 def score(predictions: np.ndarray, dataset: Dataset, *, noise: float | None = None,
@@ -446,11 +451,12 @@ def evaluate_fitted(bnn: SparseBNN, params: Mapping[str, jax.Array], masks: Mask
     key = jax.random.PRNGKey(config.seed)
     task = dataset.task
     noise = posterior.noise_scale(bnn, params) if task == "regression" else None
-    bma = posterior.predict(bnn, params, dataset.x_test, n_samples=config.samples, key=key, masks=masks)
-    weights, keep = posterior.posterior_mean_params(bnn, params, config.threshold, masks)
+    # posterior.predict would draw the same samples (same key), but eagerly; jitted it is far faster
+    samples = jax.jit(lambda p, k: posterior.sample_params(bnn, p, k, config.samples, masks))(params, key)
+    bma = bma_predictions(bnn.functional.apply, samples, dataset.x_test, task)
+    weights, keep = jax.jit(lambda p: posterior.posterior_mean_params(bnn, p, config.threshold, masks))(params)
     keep = {name: np.asarray(k, bool) for name, k in keep.items()}
     compact_net, _ = prune.compact(bnn.net, weights, keep)
-    samples = posterior.sample_params(bnn, params, key, config.samples, masks)
     _, compact_samples = prune.compact_samples(bnn.net, samples, keep)
     compact_probs = compact_predictions(compact_net, dataset.x_test, task)
     result = {"task": task, "data": dataset.name, "num_test": int(len(dataset.x_test)),
@@ -519,7 +525,7 @@ def evaluate_run(run_dir: str | os.PathLike, *, data_dir: str | None = None) -> 
     result = {"compact": score(compact_predictions(net, dataset.x_test, dataset.task), dataset, noise=noise)}
     if architecture.get("num_samples"):
         net, samples = compact_io.load_compact_samples(run_dir / COMPACT_DIR)
-        result["compact_bma"] = score(compact_bma_predictions(net, samples, dataset.x_test, dataset.task),
+        result["compact_bma"] = score(bma_predictions(FunctionalNet(net).apply, samples, dataset.x_test, dataset.task),
                                       dataset, noise=noise, samples=True)
     return result
 

@@ -1,0 +1,184 @@
+"""Steady-state time of one SVI step per prior, against a deterministic Flax NNX + Optax step.
+
+Every step runs as ``sparse_bnn.fit`` runs it: ``fit.make_step`` inside ``fit.make_epoch``'s
+jitted ``lax.scan`` over an epoch of ``K`` minibatches; we time whole epochs and divide by ``K``.
+The deterministic baseline is the same network as a point estimate (same forward pass, softmax
+cross-entropy, ``optax.adam(1e-3)``) in the same kind of jitted ``lax.scan`` epoch (same
+shuffling and minibatch gather). Runs of all configurations are interleaved round by round, so
+machine noise (other processes on shared cores) hits them alike; we report medians, and the
+ratio to the deterministic step is the median of the per-round ratios.
+
+    python benchmarks/step_time.py                # MLP 784-400-400-10, batch 1024, all priors
+    python benchmarks/step_time.py --quick        # fewer rounds and steps
+    python benchmarks/step_time.py --net lenet5-caffe --priors ss-ghs gaussian
+    python benchmarks/step_time.py --prng rbg     # another PRNG implementation for the guide noise
+
+Writes ``benchmarks/results/step_time.json`` (or ``--out``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from sparse_bnn import fit as fit_lib
+from sparse_bnn.model import SparseBNN
+from sparse_bnn.nets import MLP, NETS
+from sparse_bnn.nets.base import FunctionalNet
+from sparse_bnn.priors import PRIORS, get_prior
+
+RESULTS = Path(__file__).parent / "results"
+
+# name -> (constructor(rngs), input shape of one example, batch size, number of classes)
+BENCH_NETS: dict[str, tuple[Callable[[nnx.Rngs], nnx.Module], tuple[int, ...], int, int]] = {
+    "mlp": (lambda rngs: MLP(784, (400, 400), 10, rngs=rngs), (28, 28, 1), 1024, 10),
+    "lenet5-caffe": (lambda rngs: NETS["lenet5-caffe"](rngs=rngs), (28, 28, 1), 1024, 10),
+    "resnet20": (lambda rngs: NETS["resnet20"](depth=20, rngs=rngs), (32, 32, 3), 128, 10),
+}
+
+
+def random_data(n: int, input_shape: tuple[int, ...], classes: int, seed: int = 0):
+    """Standard-normal inputs ``[n, *input_shape]`` and uniform labels ``[n]`` (the data's shape)."""
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, *input_shape)).astype(np.float32), rng.integers(0, classes, n).astype(np.int32)
+
+
+def svi_epoch(net: nnx.Module, prior_name: str, n_data: int, batch_size: int, seed: int = 0):
+    """``(jitted epoch fn, initial TrainState)`` for one prior, exactly as ``fit`` builds them."""
+    bnn = SparseBNN(net, get_prior(prior_name), n_data=n_data)
+    optimizer = optax.adam(1e-3)
+    step = fit_lib.make_step(bnn, optimizer)
+    epoch = jax.jit(fit_lib.make_epoch(step, n_data, batch_size), donate_argnums=0)
+    return epoch, fit_lib.init_state(bnn, optimizer, seed)
+
+
+class DeterministicState(NamedTuple):
+    params: dict
+    opt_state: optax.OptState
+    rng_key: jax.Array
+
+
+def deterministic_epoch(net: nnx.Module, n_data: int, batch_size: int, seed: int = 0):
+    """The baseline: the same network as a point estimate, Adam on softmax cross-entropy,
+    an epoch as one ``lax.scan`` with the same shuffle and gather as :func:`fit.make_epoch`."""
+    functional = FunctionalNet(net)
+    optimizer = optax.adam(1e-3)
+    steps = n_data // batch_size
+
+    def loss(params, x, y):
+        logits = functional.apply(params, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    grad_fn = jax.value_and_grad(loss)
+
+    def epoch(state: DeterministicState, x, y):
+        key, shuffle_key, next_key = jax.random.split(state.rng_key, 3)
+        order = jax.random.permutation(shuffle_key, n_data)[: steps * batch_size].reshape(steps, batch_size)
+
+        def body(carry, index):
+            params, opt_state = carry
+            value, grads = grad_fn(params, x[index], y[index])
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), value
+
+        (params, opt_state), losses = jax.lax.scan(body, (state.params, state.opt_state), order)
+        return DeterministicState(params, opt_state, next_key), jnp.mean(losses)
+
+    params = {k: jnp.asarray(v, jnp.float32) for k, v in functional.initial.items()}
+    state = DeterministicState(params, optimizer.init(params), jax.random.PRNGKey(seed))
+    return jax.jit(epoch, donate_argnums=0), state
+
+
+def run(args) -> dict:
+    if args.prng != "threefry2x32":
+        jax.config.update("jax_default_prng_impl", args.prng)
+    make_net, input_shape, batch_size, classes = BENCH_NETS[args.net]
+    batch_size = args.batch_size or batch_size
+    n_data = args.steps * batch_size
+    x, y = random_data(n_data, input_shape, classes)
+    x, y = jnp.asarray(x), jnp.asarray(y)
+
+    configs: dict[str, tuple[Callable, object]] = {
+        "deterministic": deterministic_epoch(make_net(nnx.Rngs(0)), n_data, batch_size)}
+    for prior in args.priors:
+        configs[prior] = svi_epoch(make_net(nnx.Rngs(0)), prior, n_data, batch_size)
+
+    compiled, states, compile_seconds = {}, {}, {}
+    for name, (epoch, state) in configs.items():
+        started = time.perf_counter()
+        compiled[name] = epoch.lower(state, x, y).compile()
+        compile_seconds[name] = time.perf_counter() - started
+        states[name] = state
+        for _ in range(args.warmup):  # past the first epochs (see first_epochs.py)
+            states[name] = jax.block_until_ready(compiled[name](states[name], x, y))[0]
+        print(f"compiled {name} in {compile_seconds[name]:.1f}s", flush=True)
+
+    seconds: dict[str, list[float]] = {name: [] for name in configs}
+    names = list(configs)
+    for round_ in range(args.rounds):
+        # Rotate the order each round so that no configuration always runs first or last.
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            started = time.perf_counter()
+            states[name] = jax.block_until_ready(compiled[name](states[name], x, y))[0]
+            seconds[name].append(time.perf_counter() - started)
+
+    baseline = seconds["deterministic"]
+    results = {}
+    for name in names:
+        per_step = [s / args.steps for s in seconds[name]]
+        ratios = [s / b for s, b in zip(seconds[name], baseline)]
+        ms = 1e3 * statistics.median(per_step)
+        results[name] = {"ms_per_step": ms, "steps_per_s": 1e3 / ms,
+                         "ratio_to_deterministic": statistics.median(ratios),
+                         "ms_per_step_all_rounds": [1e3 * s for s in per_step],
+                         "compile_seconds": compile_seconds[name]}
+    return {"net": args.net, "batch_size": batch_size, "steps_per_epoch": args.steps,
+            "rounds": args.rounds, "warmup_epochs": args.warmup, "prng": args.prng,
+            "jax": jax.__version__, "machine": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "backend": jax.default_backend(), "results": results}
+
+
+def print_table(report: dict) -> None:
+    print(f"\n{report['net']}, batch {report['batch_size']}, {report['steps_per_epoch']} steps/epoch, "
+          f"{report['rounds']} interleaved rounds, prng {report['prng']}, {report['backend']}")
+    print(f"{'config':<18}{'ms/step':>10}{'steps/s':>10}{'ratio':>8}{'compile s':>11}")
+    for name, r in report["results"].items():
+        print(f"{name:<18}{r['ms_per_step']:>10.2f}{r['steps_per_s']:>10.1f}"
+              f"{r['ratio_to_deterministic']:>8.2f}{r['compile_seconds']:>11.1f}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--net", default="mlp", choices=sorted(BENCH_NETS))
+    parser.add_argument("--priors", nargs="+", default=list(PRIORS), choices=list(PRIORS))
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the net's own")
+    parser.add_argument("--steps", type=int, default=20, help="steps per timed epoch")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved timed epochs per config")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed epochs per config first")
+    parser.add_argument("--prng", default="threefry2x32", choices=["threefry2x32", "rbg", "unsafe_rbg"])
+    parser.add_argument("--quick", action="store_true", help="10 steps, 3 rounds, 1 warm-up epoch")
+    parser.add_argument("--out", type=Path, default=RESULTS / "step_time.json")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.rounds, args.warmup = 10, 3, 1
+    report = run(args)
+    print_table(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

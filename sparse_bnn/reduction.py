@@ -1,0 +1,500 @@
+"""Bayesian model reduction during training (``math.md`` §6, issue 6).
+
+Fit a simple model with a Gaussian slab (the flat prior, or any prior of the library in its
+non-centred form) by SVI, score every reduced model in closed form from the guide's Gaussian
+posterior, and keep training the reduced model:
+
+* :func:`delta_f_from_posterior`: ``Delta F`` of switching off each weight entry;
+* :func:`elementwise_masks`: prune entries with ``Delta F > zeta`` (learned per-layer rate);
+* :func:`node_reduction` / :func:`node_keep_masks`: sum ``Delta F`` over each unit's group and
+  switch whole units off, which :mod:`sparse_bnn.prune` turns into a compact network;
+* :func:`fit_with_bmr`: warm-up SVI epochs, then a jitted reduction after every epoch.
+
+>>> bnn = SparseBNN(MLP(784, (400, 400), 10, rngs=nnx.Rngs(0)), Flat(), n_data=60000)
+>>> result = fit_with_bmr(bnn, x, y, mode="nodewise", warmup_epochs=5, epochs=20)
+>>> weights, keep = posterior_mean_params(bnn, result.params, masks=result.state.masks)
+
+Masks are jit *data*: all reductions keep the pytree structure of :class:`Masks` fixed (a unit
+mask for every prunable layer, a weight mask for every prunable member in element-wise mode),
+so changing their values never recompiles the training epoch.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path as FilePath
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sparse_bnn import bmr
+from sparse_bnn.fit import (DivergenceError, FitResult, TrainState, init_state,
+                            kept_units, load_checkpoint, make_epoch, make_step, save_checkpoint,
+                            validate_data)
+from sparse_bnn.guide import softplus
+from sparse_bnn.model import Masks, SparseBNN
+from sparse_bnn.nets.base import UnitLayer, unit_broadcast
+
+MODES = ("elementwise", "nodewise")
+NODE_THRESHOLDS = ("zero", "learned")
+DEFAULT_REDUCED_VAR_RATIO = 1e-8
+
+
+class ReductionStats(NamedTuple):
+    """What one reduction step did (all jax scalars / ``{layer: scalar}``).
+
+    ``live_weights``: entries of all weight sites still in the model (not masked, not owned by
+    a switched-off unit, not an input row of one; see :func:`live_entries`); ``live_units``: per
+    prunable layer;
+    ``zeta``: the learned log prior odds of inclusion per layer (0 where not learned).
+    """
+
+    live_weights: jax.Array
+    live_units: dict[str, jax.Array]
+    zeta: dict[str, jax.Array]
+
+
+# ----------------------------------------------------------------------------------------------
+# Delta F from the guide
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_bnn(bnn: SparseBNN) -> None:
+    if bnn.centred:
+        raise ValueError("Bayesian model reduction needs the non-centred parametrisation, where every "
+                         "w~ has the Gaussian prior N(0, sigma_0^2); build the SparseBNN with centred=False")
+
+
+def posterior_moments(bnn: SparseBNN, params: Mapping[str, jax.Array]
+                      ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """The guide's ``q(w~) = N(loc, softplus(rho)^2)`` of every weight site: ``(means, variances)``,
+    each ``{site name: array like the parameter}``."""
+    means, variances = {}, {}
+    for path in bnn.shapes:
+        site = bnn.weight_site(path)
+        for suffix in ("loc", "rho"):
+            if f"{site}.{suffix}" not in params:
+                raise ValueError(f"params has no {site + '.' + suffix!r}; pass the variational parameters of "
+                                 "this model (bnn.init_params() or FitResult.params)")
+        means[site] = jnp.asarray(params[f"{site}.loc"])
+        variances[site] = softplus(jnp.asarray(params[f"{site}.rho"])) ** 2
+    return means, variances
+
+
+def live_entries(bnn: SparseBNN, masks: Masks | None = None) -> dict[str, jax.Array]:
+    """``{site: float 0/1 array}``: the entries ``masks`` leave in the model.
+
+    An entry is out when its weight mask is 0, when it belongs to a switched-off unit (unit mask 0),
+    or when it is an input row of a switched-off unit whose ``inactive_output`` is 0 (it then
+    multiplies a constant 0; the node-pruning transform removes it).
+    """
+    masks = masks or Masks()
+    live = {}
+    for path, shape in bnn.shapes.items():
+        site = bnn.weight_site(path)
+        live[site] = jnp.ones(shape, jnp.float32) * masks.weights.get(site, 1.0)
+    for layer in bnn.layers:
+        if layer.name not in masks.units:
+            continue
+        unit_mask = jnp.asarray(masks.units[layer.name], jnp.float32)
+        refs = list(layer.members) + (list(layer.consumers) if layer.inactive_output == 0.0 else [])
+        for ref in refs:
+            site = bnn.weight_site(ref.path)
+            live[site] = live[site] * unit_broadcast(unit_mask, len(bnn.shapes[ref.path]), ref.axis,
+                                                     ref.interleave)
+    return live
+
+
+def delta_f_from_posterior(bnn: SparseBNN, params: Mapping[str, jax.Array], masks: Masks | None = None,
+                           reduced_var_ratio: float = DEFAULT_REDUCED_VAR_RATIO) -> dict[str, jax.Array]:
+    """``Delta F`` of shrinking each weight entry's prior to ``reduced_var_ratio`` of itself.
+
+    The model is non-centred: ``w = gate * w~`` with ``w~ ~ N(0, sigma_0^2)`` and the guide's
+    ``q(w~) = N(loc, softplus(rho)^2)`` (for the flat prior ``gate = s_l``, the layer scale; for
+    spike-and-slab priors ``gate = z * scale`` and ``q(w~)`` is the slab posterior given ``z = 1``).
+    Pruning an entry means ``w~ = 0``, so ``Delta F`` is computed on ``w~`` with prior variance
+    ``sigma_0^2``, posterior mean ``loc`` and precision ``1 / softplus(rho)^2``: multiplying by
+    a positive gate maps ``w~ = 0`` to ``w = 0`` one to one and does not change the evidence
+    ratio of the reduced model (``bmr.reduced_gaussian``; ``Delta F > 0`` favours pruning).
+
+    Entries that ``masks`` already fix at zero (see :func:`live_entries`) get ``Delta F = 0``:
+    their prior is reduced already, reducing it again changes nothing.
+
+    Returns ``{site name: delta_f}``, one array like each weight parameter (every site of the
+    network, including the output layer and free parameters). Jit-compatible.
+    """
+    _check_bnn(bnn)
+    if not 0.0 < reduced_var_ratio < 1.0:
+        raise ValueError(f"reduced_var_ratio must be in (0, 1), got {reduced_var_ratio}")
+    means, variances = posterior_moments(bnn, params)
+    live = live_entries(bnn, masks)
+    prior_var = bnn.prior.sigma_0 ** 2
+    out = {}
+    for site in means:
+        delta_f = bmr.reduced_gaussian(means[site], 1.0 / variances[site], prior_var,
+                                       reduced_var_ratio * prior_var).delta_f
+        out[site] = jnp.where(live[site] > 0, delta_f, 0.0)
+    return out
+
+
+def prunable_layers(bnn: SparseBNN) -> tuple[UnitLayer, ...]:
+    """The layers reduction may act on: every unit layer but the output layer (``prunable=False``)."""
+    return tuple(l for l in bnn.layers if l.prunable)
+
+
+# ----------------------------------------------------------------------------------------------
+# Node-wise reduction
+# ----------------------------------------------------------------------------------------------
+
+
+def node_reduction(bnn: SparseBNN, params: Mapping[str, jax.Array], masks: Masks | None = None,
+                   reduced_var_ratio: float = DEFAULT_REDUCED_VAR_RATIO) -> dict[str, jax.Array]:
+    """``{layer: delta_f [units]}``: ``Delta F`` of switching each unit off, for every prunable layer.
+
+    A unit's group is its members' entries (``math.md`` §1: kernel column, bias, batch-norm
+    channel, ...); with a factorised posterior the group's ``Delta F`` is the sum of its entries'
+    (``bmr.group_delta_f``). Entries already out of the model contribute 0, so a switched-off
+    unit scores 0. The output layer is never scored.
+    """
+    delta_f = delta_f_from_posterior(bnn, params, masks, reduced_var_ratio)
+    by_path = {path: delta_f[bnn.weight_site(path)] for path in bnn.shapes}
+    return {layer.name: bmr.group_delta_f(by_path, layer) for layer in prunable_layers(bnn)}
+
+
+def node_keep_masks(bnn: SparseBNN, params: Mapping[str, jax.Array], masks: Masks | None = None,
+                    reduced_var_ratio: float = DEFAULT_REDUCED_VAR_RATIO, threshold: str = "zero",
+                    n_iter: int = 10) -> dict[str, jax.Array]:
+    """``{layer: float 0/1 [units]}``: keep unit ``j`` unless the reduced model is favoured.
+
+    ``threshold="zero"`` (default): keep where ``DeltaF_group <= 0``, i.e. compare the model
+    without the unit to the one with it at even prior odds. A group sums ``m_l`` entries, so its
+    ``Delta F`` is large in magnitude for any unit the data use; a learned per-layer rate moves
+    the threshold by at most about ``log(k_l)`` and cannot overrule that, and for units the data
+    do not use (``Delta F ~ 0``) the Beta-Bernoulli fixed point is uninformative, so the even-odds
+    rule is the simpler, width-independent choice.
+    ``threshold="learned"``: prune where ``DeltaF_group > zeta_l`` with the per-layer learned rate
+    of :func:`bmr.learned_inclusion_threshold` over the layer's live units.
+
+    A unit switched off by ``masks.units`` stays off.
+    """
+    if threshold not in NODE_THRESHOLDS:
+        raise ValueError(f"unknown node threshold {threshold!r}; choose one of {NODE_THRESHOLDS}")
+    masks = masks or Masks()
+    keep = {}
+    for name, delta_f in node_reduction(bnn, params, masks, reduced_var_ratio).items():
+        old = jnp.asarray(masks.units.get(name, jnp.ones_like(delta_f)), jnp.float32)
+        if threshold == "learned":
+            excluded = jnp.where(old > 0, delta_f, jnp.inf)
+            zeta = bmr.learned_inclusion_threshold(excluded, n_iter).zeta
+        else:
+            zeta = 0.0
+        keep[name] = old * (delta_f <= zeta).astype(jnp.float32)
+    return keep
+
+
+# ----------------------------------------------------------------------------------------------
+# Element-wise reduction
+# ----------------------------------------------------------------------------------------------
+
+
+def elementwise_reduction(bnn: SparseBNN, params: Mapping[str, jax.Array], masks: Masks | None = None,
+                          reduced_var_ratio: float = DEFAULT_REDUCED_VAR_RATIO, n_iter: int = 10
+                          ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """Element-wise pruning with a learned per-layer inclusion rate (``math.md`` §6).
+
+    For each prunable layer, the ``Delta F`` of all its members' live entries (kernel and bias
+    together) feed the Beta-Bernoulli fixed point ``zeta_l`` (:func:`bmr.learned_inclusion_threshold`);
+    entries already pruned count as excluded (``q_i = 0``), so the rate is the fraction of the
+    layer's entries still in. An entry is pruned where ``Delta F > zeta_l``.
+
+    Returns ``(weight masks {site: float 0/1}, zeta {layer: scalar})`` for the members of every
+    prunable layer; old masks are ANDed in, so pruned entries stay pruned. The output layer and
+    free parameters get no mask.
+    """
+    masks = masks or Masks()
+    delta_f = delta_f_from_posterior(bnn, params, masks, reduced_var_ratio)
+    live = live_entries(bnn, masks)
+    new_masks, zetas = {}, {}
+    for layer in prunable_layers(bnn):
+        sites = [bnn.weight_site(m.path) for m in layer.members]
+        scores = jnp.concatenate([jnp.where(live[s] > 0, delta_f[s], jnp.inf).reshape(-1) for s in sites])
+        zeta = bmr.learned_inclusion_threshold(scores, n_iter).zeta
+        zetas[layer.name] = zeta
+        for site in sites:
+            old = jnp.asarray(masks.weights.get(site, 1.0), jnp.float32) * live[site]
+            new_masks[site] = old * (delta_f[site] <= zeta).astype(jnp.float32)
+    return new_masks, zetas
+
+
+def elementwise_masks(bnn: SparseBNN, params: Mapping[str, jax.Array], masks: Masks | None = None,
+                      reduced_var_ratio: float = DEFAULT_REDUCED_VAR_RATIO, n_iter: int = 10) -> Masks:
+    """Updated masks after one element-wise reduction (see :func:`elementwise_reduction`).
+
+    ``weights`` holds a 0/1 mask for every member of every prunable layer (pruned entries are 0
+    and stay 0); ``units`` switches off units whose entries are all pruned, or whose input rows
+    downstream are all pruned (they no longer affect the output), so that the node-pruning
+    transform can remove them; given unit masks are kept (ANDed).
+    """
+    masks = masks or Masks()
+    weights, _ = elementwise_reduction(bnn, params, masks, reduced_var_ratio, n_iter)
+    weights = {**{k: jnp.asarray(v, jnp.float32) for k, v in masks.weights.items()}, **weights}
+    return Masks(units_from_weight_masks(bnn, weights, masks.units), weights)
+
+
+def units_from_weight_masks(bnn: SparseBNN, weights: Mapping[str, jax.Array],
+                            units: Mapping[str, jax.Array] | None = None) -> dict[str, jax.Array]:
+    """``{layer: float 0/1 [units]}`` for every prunable layer: a unit is off when all of its member
+    entries are masked, or when it has consumers and all of its input rows there are masked."""
+    units = units or {}
+    out = {}
+    for layer in prunable_layers(bnn):
+        old = jnp.asarray(units.get(layer.name, jnp.ones(layer.units)), jnp.float32)
+        owned = _units_any(bnn, layer.members, weights, layer.units)
+        fed = _units_any(bnn, layer.consumers, weights, layer.units) if layer.consumers else True
+        out[layer.name] = old * jnp.logical_and(owned, fed).astype(jnp.float32)
+    return out
+
+
+def _units_any(bnn: SparseBNN, refs, weights: Mapping[str, jax.Array], units: int) -> jax.Array:
+    """Per unit: whether any entry along the refs' unit axes is unmasked. ``-> bool [units]``."""
+    count = jnp.zeros(units)
+    for ref in refs:
+        site = bnn.weight_site(ref.path)
+        mask = jnp.broadcast_to(jnp.asarray(weights.get(site, 1.0), jnp.float32), bnn.shapes[ref.path])
+        count = count + bmr.sum_over_units(mask, ref.axis, ref.interleave)
+    return count > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Sparsity of a fitted model
+# ----------------------------------------------------------------------------------------------
+
+
+def sparsity(bnn: SparseBNN, params: Mapping[str, jax.Array], masks: Masks | None = None,
+             threshold: float = 0.5) -> dict[str, Any]:
+    """Fractions of weight entries and of prunable units the fitted model has removed.
+
+    Units are dropped by the median-probability model (indicator priors) and by unit masks;
+    entries are out when masked, owned by a dropped unit or an input row of one (see
+    :func:`live_entries`). Returns ``{"pruned_weights": float, "pruned_units": float,
+    "kept_units": {layer: int}}``; fractions over all weight entries / all prunable units.
+    """
+    from sparse_bnn.posterior import keep_masks
+    masks = masks or Masks()
+    keep = keep_masks(bnn, params, threshold, masks)
+    units = {name: jnp.asarray(k, jnp.float32) for name, k in keep.items()}
+    live = live_entries(bnn, Masks(units, dict(masks.weights)))
+    total = sum(int(np.prod(s)) for s in bnn.shapes.values())
+    live_count = float(sum(jnp.sum(v) for v in live.values()))
+    layers = prunable_layers(bnn)
+    kept = {l.name: int(np.sum(np.asarray(units[l.name]))) if l.name in units else l.units for l in layers}
+    n_units = sum(l.units for l in layers)
+    return {"pruned_weights": 1.0 - live_count / total,
+            "pruned_units": 1.0 - sum(kept.values()) / n_units if n_units else 0.0,
+            "kept_units": kept}
+
+
+# ----------------------------------------------------------------------------------------------
+# Training with reduction
+# ----------------------------------------------------------------------------------------------
+
+
+def full_masks(bnn: SparseBNN, mode: str, masks: Masks | None = None) -> Masks:
+    """Masks with a fixed structure for ``mode``: a unit mask for every prunable layer and, in
+    element-wise mode, a weight mask for every prunable member; given masks are multiplied in."""
+    if mode not in MODES:
+        raise ValueError(f"unknown BMR mode {mode!r}; choose one of {MODES}")
+    masks = masks or Masks()
+    for name in masks.units:
+        if name not in {l.name for l in bnn.layers}:
+            raise ValueError(f"masks.units names layer {name!r}, which the network does not have")
+    units = {l.name: jnp.ones(l.units, jnp.float32) * jnp.asarray(masks.units.get(l.name, 1.0), jnp.float32)
+             for l in prunable_layers(bnn)}
+    units.update({k: jnp.asarray(v, jnp.float32) for k, v in masks.units.items() if k not in units})
+    weights = {k: jnp.asarray(v, jnp.float32) for k, v in masks.weights.items()}
+    if mode == "elementwise":
+        for layer in prunable_layers(bnn):
+            for member in layer.members:
+                site = bnn.weight_site(member.path)
+                weights[site] = jnp.ones(bnn.shapes[member.path], jnp.float32) * weights.get(site, 1.0)
+    return Masks(units, weights)
+
+
+def make_reduction_step(bnn: SparseBNN, mode: str, reduced_var_ratio: float = DEFAULT_REDUCED_VAR_RATIO,
+                        node_threshold: str = "zero", n_iter: int = 10) -> Callable:
+    """A jitted reduction: ``(params, masks) -> (new masks, ReductionStats)``.
+
+    ``masks`` must have the structure of :func:`full_masks` for ``mode``; the new masks have the
+    same structure, so neither this function nor the training epoch recompiles as they change.
+    """
+    _check_bnn(bnn)
+    if mode not in MODES:
+        raise ValueError(f"unknown BMR mode {mode!r}; choose one of {MODES}")
+    if node_threshold not in NODE_THRESHOLDS:
+        raise ValueError(f"unknown node threshold {node_threshold!r}; choose one of {NODE_THRESHOLDS}")
+
+    def step(params, masks):
+        if mode == "elementwise":
+            weights, zeta = elementwise_reduction(bnn, params, masks, reduced_var_ratio, n_iter)
+            weights = {**masks.weights, **weights}
+            new = Masks(units_from_weight_masks(bnn, weights, masks.units), weights)
+        else:
+            units = node_keep_masks(bnn, params, masks, reduced_var_ratio, node_threshold, n_iter)
+            new = Masks({**masks.units, **units}, dict(masks.weights))
+            zeta = {name: jnp.zeros(()) for name in units}
+        live = live_entries(bnn, new)
+        stats = ReductionStats(sum(jnp.sum(v) for v in live.values()),
+                               {l.name: jnp.sum(new.units[l.name]) for l in prunable_layers(bnn)}, zeta)
+        return new, stats
+
+    return jax.jit(step)
+
+
+def fit_with_bmr(bnn: SparseBNN, x, y, *, mode: str = "elementwise", warmup_epochs: int | None = None,
+                 epochs: int, batch_size: int = 1024, optimizer: optax.GradientTransformation | None = None,
+                 seed: int = 0, augment: Callable | None = None, progress: bool = True,
+                 validation: tuple[Any, Any] | None = None, checkpoint_dir: str | FilePath | None = None,
+                 resume: bool = False, callbacks: Sequence[Callable[[int, dict, TrainState], None]] = (),
+                 masks: Masks | None = None, init_params: Mapping[str, jax.Array] | None = None,
+                 reduced_var_ratio: float = DEFAULT_REDUCED_VAR_RATIO, node_threshold: str = "zero",
+                 n_iter: int = 10) -> FitResult:
+    """SVI with iterative Bayesian model reduction (issue 6, ``math.md`` §6).
+
+    ``warmup_epochs`` plain SVI epochs, then after every epoch ``e >= warmup_epochs`` a jitted
+    reduction updates ``TrainState.masks`` and SVI continues on the reduced model:
+
+    * ``mode="elementwise"``: weight masks, prune entries with ``Delta F > zeta_l`` (learned
+      per-layer inclusion rate); units left with no entries (or no outputs) are switched off too.
+    * ``mode="nodewise"``: unit masks, switch off units with group ``Delta F > 0``
+      (``node_threshold="learned"`` for the learned per-layer rate; see :func:`node_keep_masks`).
+
+    Pruned entries and units stay pruned; the output layer is never pruned. The epoch is
+    compiled once (masks are jit data with a fixed structure).
+
+    Args:
+      bnn: a non-centred model with a Gaussian slab (``Flat()`` is the intended one).
+      mode: ``"elementwise"`` or ``"nodewise"``.
+      warmup_epochs: SVI epochs before the first reduction (default ``max(1, epochs // 2)``).
+      epochs, batch_size, optimizer, seed, augment, progress, validation, checkpoint_dir, resume,
+        callbacks, masks, init_params: as in :func:`sparse_bnn.fit.fit`.
+      reduced_var_ratio: ``g^2 / sigma_0^2`` of a pruned entry's reduced prior.
+      node_threshold: ``"zero"`` or ``"learned"`` (node-wise mode).
+      n_iter: fixed-point iterations of the learned inclusion rate.
+
+    Returns:
+      :class:`FitResult` whose ``state.masks`` holds the final masks (pass them to
+      ``posterior_mean_params``/``predict``/``kept_units``). History records are those of ``fit``
+      plus ``pruned_fraction`` (of all weight entries), ``live_units`` per prunable layer,
+      ``bmr_seconds`` (the reduction step's wall-clock, 0 in warm-up epochs) and ``zeta``.
+    """
+    _check_bnn(bnn)
+    if mode not in MODES:
+        raise ValueError(f"unknown BMR mode {mode!r}; choose one of {MODES}")
+    if int(epochs) < 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    if warmup_epochs is None:
+        warmup_epochs = max(1, int(epochs) // 2)
+    if int(warmup_epochs) < 0 or int(warmup_epochs) > int(epochs):
+        raise ValueError(f"warmup_epochs must be in [0, epochs={epochs}], got {warmup_epochs}; "
+                         "reduction runs after every epoch from warmup_epochs on")
+    if int(batch_size) <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir")
+    x, y = validate_data(bnn, x, y)
+    n_data = x.shape[0]
+    if n_data != bnn.n_data:
+        raise ValueError(f"the model was built for n_data={bnn.n_data} but x has {n_data} rows")
+    batch_size = min(int(batch_size), n_data)
+    optimizer = optimizer if optimizer is not None else optax.adam(1e-3)
+    state = init_state(bnn, optimizer, seed, full_masks(bnn, mode, masks), init_params)
+    history: list[dict] = []
+    if resume:
+        restored = load_checkpoint(checkpoint_dir, state)
+        if restored is not None:
+            state, history = restored
+    x_device, y_device = jnp.asarray(x), jnp.asarray(y)
+    epoch_fn = jax.jit(make_epoch(make_step(bnn, optimizer, augment), n_data, batch_size), donate_argnums=0)
+    reduce_fn = make_reduction_step(bnn, mode, reduced_var_ratio, node_threshold, n_iter)
+    started = time.perf_counter()
+    compiled = epoch_fn.lower(state, x_device, y_device).compile()
+    compiled_reduce = reduce_fn.lower(state.params, state.masks).compile()
+    compile_seconds = time.perf_counter() - started
+    evaluate = _validation(bnn, validation)
+    total_weights = sum(int(np.prod(s)) for s in bnn.shapes.values())
+    count_live = jax.jit(lambda m: sum(jnp.sum(v) for v in live_entries(bnn, m).values()))
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=epochs, initial=int(state.epoch), desc=f"epochs (BMR {mode})", unit="epoch")
+    while int(state.epoch) < epochs:
+        last_good = jax.tree_util.tree_map(jnp.copy, state)
+        started = time.perf_counter()
+        new_state, stats = compiled(state, x_device, y_device)
+        stats = jax.device_get(stats)
+        seconds = time.perf_counter() - started
+        if not all(np.isfinite(v) for v in stats):
+            if bar is not None:
+                bar.close()
+            where = f"; the last good checkpoint (epoch {int(last_good.epoch)}) is in {checkpoint_dir}" \
+                if checkpoint_dir is not None else ""
+            raise DivergenceError(
+                f"the loss became non-finite in epoch {int(last_good.epoch) + 1} (loss={stats.loss}, "
+                f"nll={stats.nll}, kl={stats.kl}); training stopped{where}. Try a smaller learning rate.",
+                FitResult(bnn, last_good.params, history, last_good, compile_seconds))
+        state = new_state
+        bmr_seconds, zeta = 0.0, {}
+        if int(state.epoch) >= warmup_epochs:
+            started = time.perf_counter()
+            new_masks, reduction = compiled_reduce(state.params, state.masks)
+            new_masks = jax.block_until_ready(new_masks)
+            bmr_seconds = time.perf_counter() - started
+            state = state._replace(masks=new_masks)
+            zeta = {k: float(v) for k, v in reduction.zeta.items()} if mode == "elementwise" else {}
+        record = {"epoch": int(state.epoch), "loss": float(stats.loss), "nll": float(stats.nll),
+                  "kl": float(stats.kl), "kept": kept_units(bnn, state.params, masks=state.masks),
+                  "seconds": seconds,
+                  "pruned_fraction": 1.0 - float(count_live(state.masks)) / total_weights,
+                  "bmr_seconds": bmr_seconds}
+        if zeta:
+            record["zeta"] = zeta
+        if evaluate is not None:
+            record.update(evaluate(state.params, state.masks))
+        history.append(record)
+        if checkpoint_dir is not None:
+            save_checkpoint(checkpoint_dir, state, history)
+        for callback in callbacks:
+            callback(int(state.epoch), record, state)
+        if bar is not None:
+            postfix = {"loss": f"{record['loss']:.4f}", "pruned": f"{record['pruned_fraction']:.3f}",
+                       "kept": "/".join(map(str, record["kept"].values()))}
+            if "val_accuracy" in record:
+                postfix["acc"] = f"{record['val_accuracy']:.4f}"
+            bar.set_postfix(postfix)
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return FitResult(bnn, state.params, history, state, compile_seconds)
+
+
+def _validation(bnn: SparseBNN, validation) -> Callable | None:
+    """``(params, masks) -> {"val_accuracy" | "val_rmse": float}`` with the posterior-mean network
+    (the same records as :func:`sparse_bnn.fit.fit`)."""
+    if validation is None:
+        return None
+    from sparse_bnn.posterior import posterior_mean_params
+    x_val, y_val = validate_data(bnn, *validation)
+    x_device = jnp.asarray(x_val)
+    outputs_fn = jax.jit(lambda params, masks: bnn.functional.apply(
+        posterior_mean_params(bnn, params, masks=masks)[0], x_device))
+
+    def evaluate(params, masks):
+        outputs = np.asarray(outputs_fn(params, masks))
+        if bnn.likelihood == "categorical":
+            return {"val_accuracy": float(np.mean(np.argmax(outputs, -1) == y_val))}
+        return {"val_rmse": float(np.sqrt(np.mean((outputs.reshape(y_val.shape) - y_val) ** 2)))}
+
+    return evaluate

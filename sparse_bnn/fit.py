@@ -361,6 +361,8 @@ def fit(bnn: SparseBNN, x, y, *, epochs: int, batch_size: int = 1024,
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir")
+    if stream_chunk_steps is not None and int(stream_chunk_steps) <= 0:
+        raise ValueError(f"stream_chunk_steps must be positive, got {stream_chunk_steps}")
     x, y = validate_data(bnn, x, y)
     n_data = x.shape[0]
     if n_data != bnn.n_data:

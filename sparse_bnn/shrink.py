@@ -1,0 +1,565 @@
+"""Shrink the network while it trains: remove switched-off units for good and keep training on
+the physically smaller network.
+
+Most units of a spike-and-slab network are switched off early (``gamma -> 0``), yet every epoch
+of :func:`sparse_bnn.fit.fit` still pays for the full dense network. :func:`fit_shrinking` runs
+the same epochs and, after a warm-up,
+
+1. counts, per unit, the consecutive epochs its inclusion probability ``gamma`` stayed below
+   ``threshold``; a unit whose count reaches ``patience`` is *removed for good*: its unit mask
+   (:class:`sparse_bnn.model.Masks`) is set to 0, which fixes its indicator at 0 exactly as the
+   fine-tuning phase does (changing a mask never recompiles);
+2. when the *bucketed* width of a layer (alive units rounded up to a multiple of ``bucket``)
+   drops below its physical width, builds the same architecture with fewer units and carries
+   the surviving variational parameters and the optimiser state (Adam moments) over
+   (:func:`slice_variational`, :func:`slice_opt_state`); the epoch is recompiled then, and only
+   then. Removed units that fill a bucket stay as padding with unit mask 0.
+
+Because widths only shrink and only in steps of ``bucket`` units, a run compiles at most
+``1 + sum_l ceil(k_l / bucket)`` times.
+
+What "the same model" means. A removed unit ``j`` of layer ``l`` (mask 0, ``activation(0) = 0``)
+sends nothing downstream, so the likelihood never sees its own weights, its per-unit scales or
+its rows in the consumers. Slicing removes exactly those; the likelihood and the KL of every
+surviving variable are unchanged. The only difference is the KL of the *orphaned* variables the
+masked network still carries (its consumer rows and per-unit scale sites, which
+``analytic_kl`` does not mask): a constant for the surviving parameters, so gradients, Adam
+steps and the fitted posterior of every surviving variable are the same (``tests/test_shrink.py``
+checks the loss identity and one Adam step to float32 precision).
+
+Supported architectures: any net whose removable units send ``activation(0) = 0`` downstream and
+whose unit layers slice generically (members along the unit axis, consumers along the input
+axis, interleave honoured): the MLP (with a zero-preserving activation), LeNet-5-Caffe and
+LeNet-5 are tested. A unit layer with ``inactive_output != 0`` (a sigmoid MLP) is refused: its
+constant output cannot be folded into a *random* consumer bias.
+
+Example::
+
+    result = fit_shrinking(bnn, x, y, epochs=200, shrink=ShrinkSchedule(warmup_epochs=10))
+    result.bnn            # the final, physically smaller model
+    result.unit_origin    # {layer: original index of each final unit}
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sparse_bnn.fit import (DivergenceError, FitResult, TrainState, init_state,
+                            kept_units, load_checkpoint, make_epoch, make_step, save_checkpoint,
+                            validate_data)
+from sparse_bnn.model import Masks, SparseBNN
+from sparse_bnn.prune import check_keep, compact
+
+SHRINK_FILE = "shrink.json"
+VARIATIONAL_SUFFIXES = ("loc", "rho", "logit")
+
+__all__ = ["ShrinkSchedule", "ShrinkResult", "adam_with_indicator_rate", "bucketed_width", "fit_shrinking", "shrunk_model",
+           "site_unit_axes", "slice_masks", "slice_opt_state", "slice_sites", "slice_variational"]
+
+
+class ShrinkSchedule(NamedTuple):
+    """When units are removed and how widths are rounded.
+
+    Attributes:
+      warmup_epochs: epochs before any unit may be removed.
+      threshold: a unit is a candidate while its inclusion probability ``gamma < threshold``.
+      patience: consecutive epochs (after the warm-up) below ``threshold`` before removal.
+      bucket: physical widths are the alive units rounded up to a multiple of ``bucket``
+        (capped at the original width); fewer, larger steps mean fewer recompilations.
+      min_units: units every layer keeps alive (>= 1: Flax cannot build a zero-width layer);
+        when more candidates would go, those with the largest ``gamma`` stay.
+    """
+
+    warmup_epochs: int = 10
+    threshold: float = 1e-3
+    patience: int = 3
+    bucket: int = 16
+    min_units: int = 1
+
+    def validate(self) -> "ShrinkSchedule":
+        if int(self.warmup_epochs) < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if not 0.0 < float(self.threshold) < 0.5:
+            raise ValueError(f"threshold must lie in (0, 0.5) (a removed unit must be one the "
+                             f"median model drops), got {self.threshold}")
+        if int(self.patience) < 1:
+            raise ValueError(f"patience must be >= 1 epoch, got {self.patience}")
+        if int(self.bucket) < 1:
+            raise ValueError(f"bucket must be a positive integer, got {self.bucket}")
+        if int(self.min_units) < 1:
+            raise ValueError(f"min_units must be >= 1 (a layer cannot vanish), got {self.min_units}")
+        return self
+
+
+@dataclasses.dataclass
+class ShrinkResult(FitResult):
+    """:class:`~sparse_bnn.fit.FitResult` of a shrinking run, plus
+
+    * ``unit_origin``: ``{layer: int [final units]}``, the original index of each final unit
+      (padding units included; their unit mask in ``state.masks`` is 0);
+    * ``removed``: ``[{"epoch", "layer", "units"}]`` removal events in original numbering;
+    * ``compilations``: how many times the epoch was compiled (1 + number of shrinks).
+    """
+
+    unit_origin: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    removed: list[dict] = dataclasses.field(default_factory=list)
+    compilations: int = 0
+
+
+# ----------------------------------------------------------------------------- slicing
+
+def site_unit_axes(bnn: SparseBNN) -> dict[str, list[tuple[str, int, int]]]:
+    """``{site: [(layer, axis, interleave), ...]}``: which axes of each latent site index units.
+
+    Weight sites: members along their unit axis, consumers along their input axis. Per-unit
+    sites: the indicator ``{layer}.z`` and every prior scale site named ``{layer}.*`` of shape
+    ``[units]`` (``tau2``, ``s2_a``, ``s2_b``, ...).
+    """
+    axes: dict[str, list[tuple[str, int, int]]] = {}
+    scale_sites = {s.name: tuple(s.shape) for s in bnn.prior.scale_sites(bnn.layers)}
+    for layer in bnn.layers:
+        for ref in (*layer.members, *layer.consumers):
+            if ref.path in bnn.shapes:
+                axes.setdefault(bnn.weight_site(ref.path), []).append((layer.name, ref.axis, ref.interleave))
+        if bnn.samples_indicator(layer):
+            axes.setdefault(f"{layer.name}.z", []).append((layer.name, 0, 1))
+        for name, shape in scale_sites.items():
+            if name.startswith(f"{layer.name}.") and shape == (layer.units,):
+                axes.setdefault(name, []).append((layer.name, 0, 1))
+    return axes
+
+
+def _unit_indices(keep: np.ndarray, interleave: int) -> np.ndarray:
+    """Indices along an axis of ``interleave * units`` entries (unit index fastest) to keep."""
+    kept = np.flatnonzero(keep)
+    units = keep.shape[0]
+    return (np.arange(interleave)[:, None] * units + kept[None, :]).reshape(-1)
+
+
+def slice_sites(bnn: SparseBNN, arrays: Mapping[str, Any], keep: Mapping[str, Any]) -> dict[str, Any]:
+    """Slice per-site arrays ``{site: array shaped like the site}`` to the kept units.
+
+    Sites that no unit axis touches are returned as they are. ``keep`` is
+    ``{layer: bool [units]}`` (absent layers keep everything).
+    """
+    masks = check_keep(bnn.layers, keep)
+    axes = site_unit_axes(bnn)
+    out = dict(arrays)
+    for site, value in arrays.items():
+        for layer_name, axis, interleave in axes.get(site, ()):
+            mask = masks[layer_name]
+            if mask.all():
+                continue
+            take = jnp.take if isinstance(value, jax.Array) else np.take
+            value = take(value, _unit_indices(mask, interleave), axis=axis)
+        out[site] = value
+    return out
+
+
+def _site_of(name: str) -> str:
+    site, _, suffix = name.rpartition(".")
+    if suffix not in VARIATIONAL_SUFFIXES or not site:
+        raise ValueError(f"{name!r} is not a variational parameter name ('{{site}}.loc', "
+                         "'{site}.rho' or '{layer}.z.logit')")
+    return site
+
+
+def slice_variational(bnn: SparseBNN, params: Mapping[str, jax.Array],
+                      keep: Mapping[str, Any]) -> dict[str, jax.Array]:
+    """The variational parameters of the kept units: ``{site}.loc/.rho`` of members along the
+    unit axis, of consumers along the input axis (interleave honoured), ``{layer}.z.logit`` and
+    per-unit scale sites along their only axis. Everything else is carried as it is.
+
+    Args:
+      bnn: the model ``params`` belong to.
+      params: ``{name: array}`` as :meth:`SparseBNN.init_params` makes them.
+      keep: ``{layer: bool [units]}``.
+
+    Returns:
+      ``{name: array}`` for ``shrunk_model(bnn, keep)``.
+    """
+    out = {}
+    for suffix in VARIATIONAL_SUFFIXES:
+        arrays = {_site_of(n): v for n, v in params.items() if n.endswith("." + suffix)}
+        for site, value in slice_sites(bnn, arrays, keep).items():
+            out[f"{site}.{suffix}"] = value
+    return {name: out[name] for name in params}
+
+
+def slice_opt_state(bnn: SparseBNN, opt_state: Any, params: Mapping[str, jax.Array],
+                    keep: Mapping[str, Any]) -> Any:
+    """Apply :func:`slice_variational` to every node of an optax state keyed like the params
+    (Adam's ``mu`` and ``nu``, the inner states of ``optax.multi_transform``, ...): entries shaped
+    like their parameter are sliced, anything else there (``MaskedNode``) and every other leaf
+    (step counts) is left alone."""
+    names = set(params)
+
+    def is_params_like(node) -> bool:
+        return isinstance(node, Mapping) and set(node) == names
+
+    def slice_node(node):
+        if not is_params_like(node):
+            return node
+        shaped = {k: v for k, v in node.items()
+                  if hasattr(v, "shape") and tuple(v.shape) == tuple(np.shape(params[k]))}
+        return {**dict(node), **slice_variational(bnn, shaped, keep)}
+
+    return jax.tree_util.tree_map(slice_node, opt_state, is_leaf=is_params_like)
+
+
+def adam_with_indicator_rate(learning_rate: float = 1e-3, indicator_learning_rate: float = 1e-2
+                             ) -> optax.GradientTransformation:
+    """Adam with its own learning rate for the indicator logits ``{layer}.z.logit``.
+
+    With Adam a logit moves about ``learning_rate`` per step, so at ``1e-3`` a unit needs ~10^4
+    steps to go from ``gamma = 0.99`` to ``1e-3``; a larger indicator rate lets short runs
+    decide which units to drop. Every other parameter keeps ``learning_rate``.
+    """
+    def labels(params):
+        return {name: "indicator" if name.endswith(".z.logit") else "rest" for name in params}
+
+    return optax.multi_transform({"indicator": optax.adam(indicator_learning_rate),
+                                  "rest": optax.adam(learning_rate)}, labels)
+
+
+def slice_masks(bnn: SparseBNN, masks: Masks, keep: Mapping[str, Any]) -> Masks:
+    """Unit masks and weight masks of the kept units."""
+    checked = check_keep(bnn.layers, keep)
+    units = {name: jnp.asarray(value)[np.flatnonzero(checked[name])] if name in checked else value
+             for name, value in masks.units.items()}
+    weights = slice_sites(bnn, dict(masks.weights), keep)
+    return Masks(units, weights)
+
+
+def shrunk_model(bnn: SparseBNN, keep: Mapping[str, Any]) -> SparseBNN:
+    """The same model on the network with only the kept units (same layer and site names).
+
+    The network is built by :func:`sparse_bnn.prune.compact` (``config_with_units`` +
+    ``net_from_config``; non-parameter state such as batch statistics is sliced). Prior, options,
+    ``n_data`` and the *prior inclusion probabilities* are those of ``bnn``: the theory-driven
+    ``lambda_l`` depends on the widths, and the smaller network must keep the original prior.
+    """
+    masks = check_keep(bnn.layers, keep)
+    for layer in bnn.layers:
+        if not masks[layer.name].any():
+            raise ValueError(f"keep removes every unit of layer {layer.name!r}; keep at least one")
+        if layer.inactive_output != 0.0 and not masks[layer.name].all():
+            raise ValueError(
+                f"layer {layer.name!r} sends activation(0) = {layer.inactive_output} from a removed "
+                "unit; that constant cannot be folded into a random consumer bias, so this "
+                "network cannot shrink while training. Use an activation with activation(0) = 0.")
+    net, _ = compact(bnn.net, bnn.functional.initial, masks)
+    return SparseBNN(net, bnn.prior, bnn.n_data, likelihood=bnn.likelihood, noise=bnn.noise,
+                     inclusion=dict(bnn.inclusion) if bnn.inclusion else "theory",
+                     centred=bnn.centred, temperature=bnn.temperature, hard=bnn.hard,
+                     init_inclusion=bnn.init_inclusion, rho_init=bnn.rho_init,
+                     freeze_indicators=bnn.freeze_indicators)
+
+
+def shrink_state(bnn: SparseBNN, state: TrainState, keep: Mapping[str, Any]
+                 ) -> tuple[SparseBNN, TrainState]:
+    """``(smaller model, its state)``: params, optimiser state and masks sliced; key and epoch kept."""
+    small = shrunk_model(bnn, keep)
+    params = slice_variational(bnn, state.params, keep)
+    opt_state = slice_opt_state(bnn, state.opt_state, state.params, keep)
+    return small, TrainState(params, opt_state, state.rng_key, state.epoch, slice_masks(bnn, state.masks, keep))
+
+
+def bucketed_width(alive: int, original: int, bucket: int) -> int:
+    """Alive units rounded up to a multiple of ``bucket``, at most the original width."""
+    return min(int(original), int(bucket) * max(1, math.ceil(int(alive) / int(bucket))))
+
+
+# ----------------------------------------------------------------------------- training
+
+@dataclasses.dataclass
+class _Tracker:
+    """Host-side bookkeeping of a shrinking run (all in the current physical numbering)."""
+
+    original: dict[str, int]
+    origin: dict[str, np.ndarray]          # original index of each physical unit
+    below: dict[str, np.ndarray]           # consecutive epochs below threshold
+    removed: list[dict]
+    compilations: int = 0
+
+    def to_json(self, epoch: int) -> dict:
+        return {"epoch": epoch, "original": self.original,
+                "origin": {k: v.tolist() for k, v in self.origin.items()},
+                "below": {k: v.tolist() for k, v in self.below.items()},
+                "removed": self.removed, "compilations": self.compilations}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "_Tracker":
+        return cls(dict(data["original"]), {k: np.asarray(v, np.int64) for k, v in data["origin"].items()},
+                   {k: np.asarray(v, np.int64) for k, v in data["below"].items()},
+                   list(data["removed"]), int(data["compilations"]))
+
+
+def _removals(gamma: np.ndarray, alive: np.ndarray, below: np.ndarray, schedule: ShrinkSchedule
+              ) -> np.ndarray:
+    """Units (physical indices) to remove now: alive, patience reached, at least ``min_units`` left."""
+    candidates = np.flatnonzero(alive & (below >= schedule.patience))
+    spare = int(alive.sum()) - int(schedule.min_units)
+    if spare <= 0:
+        return np.zeros(0, np.int64)
+    if candidates.size > spare:
+        candidates = candidates[np.argsort(gamma[candidates], kind="stable")[:spare]]
+    return np.sort(candidates)
+
+
+def _physical_keep(alive: np.ndarray, target: int) -> np.ndarray:
+    """Keep every alive unit and the first removed ones as padding, ``target`` units in all."""
+    keep = alive.copy()
+    padding = np.flatnonzero(~alive)[: max(0, target - int(alive.sum()))]
+    keep[padding] = True
+    return keep
+
+
+def _validation_fn(bnn: SparseBNN, validation) -> Callable | None:
+    """``evaluate(params, masks) -> {"val_accuracy"|"val_rmse": float}`` with the posterior-mean
+    network (what fit records), compiled for ``bnn``'s widths."""
+    if validation is None:
+        return None
+    from sparse_bnn.posterior import posterior_mean_params
+    x_val, y_val = validate_data(bnn, *validation)
+    x_device = jnp.asarray(x_val)
+    outputs_fn = jax.jit(lambda params, masks: bnn.functional.apply(
+        posterior_mean_params(bnn, params, masks=masks)[0], x_device))
+
+    def evaluate(params, masks):
+        outputs = np.asarray(outputs_fn(params, masks))
+        if bnn.likelihood == "categorical":
+            return {"val_accuracy": float(np.mean(np.argmax(outputs, -1) == y_val))}
+        return {"val_rmse": float(np.sqrt(np.mean((outputs.reshape(y_val.shape) - y_val) ** 2)))}
+
+    return evaluate
+
+
+def _write_json(directory: Path, name: str, payload: dict) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, directory / name)
+
+
+def _keep_from_origin(bnn: SparseBNN, origin: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    keep = {}
+    for layer in bnn.layers:
+        if layer.name in origin:
+            mask = np.zeros(layer.units, bool)
+            mask[np.asarray(origin[layer.name], np.int64)] = True
+            keep[layer.name] = mask
+    return keep
+
+
+def fit_shrinking(bnn: SparseBNN, x, y, *, epochs: int, shrink: ShrinkSchedule = ShrinkSchedule(),
+                  batch_size: int = 1024, optimizer: optax.GradientTransformation | None = None,
+                  seed: int = 0, augment: Callable | None = None, progress: bool = True,
+                  validation: tuple[Any, Any] | None = None, checkpoint_dir: str | Path | None = None,
+                  resume: bool = False,
+                  callbacks: Sequence[Callable[[int, dict, TrainState], None]] = (),
+                  masks: Masks | None = None, init_params: Mapping[str, jax.Array] | None = None
+                  ) -> ShrinkResult:
+    """:func:`sparse_bnn.fit.fit` that removes switched-off units and shrinks the network.
+
+    Arguments as :func:`~sparse_bnn.fit.fit`, plus ``shrink`` (a :class:`ShrinkSchedule`).
+    ``callbacks`` receive the state of the *current* (possibly smaller) model.
+
+    History records are fit's (``epoch, loss, nll, kl, kept, seconds``, validation) plus
+    ``widths`` (physical units per layer after the epoch's shrink), ``alive`` (units not removed),
+    ``removed`` (``{layer: [original indices]}`` removed after this epoch) and ``compiled``
+    (whether the next epoch needed a recompilation). With ``checkpoint_dir`` the tracker state
+    (original index of each physical unit, below-threshold counters) is written to
+    ``shrink.json`` beside the checkpoint, so ``resume=True`` rebuilds the widths.
+
+    Returns:
+      :class:`ShrinkResult`: ``bnn`` is the final smaller model, ``params``/``state`` belong to
+      it, ``unit_origin`` maps its units to the original ones.
+    """
+    shrink = ShrinkSchedule(*shrink).validate()
+    if int(epochs) < 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    if int(batch_size) <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir")
+    shrinkable = [l for l in bnn.layers if bnn.samples_indicator(l)]
+    if not shrinkable:
+        raise ValueError(f"the {bnn.prior.name} prior (freeze_indicators={bnn.freeze_indicators}) "
+                         "has no trainable node indicators, so nothing tells which units to remove; "
+                         "use a spike-and-slab prior (ss-ghs, ss-gl, ss-ig) or plain fit")
+    for layer in shrinkable:
+        if layer.inactive_output != 0.0:
+            raise ValueError(f"layer {layer.name!r} has activation(0) = {layer.inactive_output}; "
+                             "removed units would still send a constant downstream, which cannot "
+                             "be carried onto a smaller network. Use an activation with "
+                             "activation(0) = 0, or plain fit")
+    x, y = validate_data(bnn, x, y)
+    n_data = x.shape[0]
+    if n_data != bnn.n_data:
+        raise ValueError(f"the model was built for n_data={bnn.n_data} but x has {n_data} rows")
+    batch_size = min(int(batch_size), n_data)
+    optimizer = optimizer if optimizer is not None else optax.adam(1e-3)
+
+    # Every indicated layer carries a unit mask from the start, so removing a unit changes data,
+    # not the jitted function's signature.
+    masks = masks or Masks()
+    unit_masks = {l.name: jnp.ones(l.units, jnp.float32) for l in shrinkable}
+    unit_masks.update({k: jnp.asarray(v, jnp.float32) for k, v in masks.units.items()})
+    state = init_state(bnn, optimizer, seed, Masks(unit_masks, dict(masks.weights)), init_params)
+    tracker = _Tracker({l.name: l.units for l in shrinkable},
+                       {l.name: np.arange(l.units) for l in shrinkable},
+                       {l.name: np.zeros(l.units, np.int64) for l in shrinkable}, [])
+    history: list[dict] = []
+    if resume:
+        bnn, state, tracker, history = _resume(bnn, state, tracker, Path(checkpoint_dir))
+    saved_trackers = [tracker.to_json(int(state.epoch))]
+
+    x_device, y_device = jnp.asarray(x), jnp.asarray(y)
+    compile_seconds = 0.0
+
+    def compile_for(model: SparseBNN, template: TrainState):
+        nonlocal compile_seconds
+        started = time.perf_counter()
+        epoch_fn = jax.jit(make_epoch(make_step(model, optimizer, augment), n_data, batch_size),
+                           donate_argnums=0)
+        compiled = epoch_fn.lower(template, x_device, y_device).compile()
+        compile_seconds += time.perf_counter() - started
+        tracker.compilations += 1
+        return compiled, _validation_fn(model, validation)
+
+    compiled, evaluate = compile_for(bnn, state)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=epochs, initial=int(state.epoch), desc="epochs", unit="epoch")
+
+    def result(model, st, hist):
+        return ShrinkResult(model, st.params, hist, st, compile_seconds,
+                            {k: v.copy() for k, v in tracker.origin.items()}, list(tracker.removed),
+                            tracker.compilations)
+
+    while int(state.epoch) < epochs:
+        last_good = jax.tree_util.tree_map(jnp.copy, state)
+        started = time.perf_counter()
+        new_state, stats = compiled(state, x_device, y_device)
+        stats = jax.device_get(stats)
+        seconds = time.perf_counter() - started
+        if not all(np.isfinite(v) for v in stats):
+            if bar is not None:
+                bar.close()
+            raise DivergenceError(
+                f"the loss became non-finite in epoch {int(last_good.epoch) + 1} (loss={stats.loss}, "
+                f"nll={stats.nll}, kl={stats.kl}); training stopped. Try a smaller learning rate.",
+                result(bnn, last_good, history))
+        state = new_state
+        epoch = int(state.epoch)
+        record = {"epoch": epoch, "loss": float(stats.loss), "nll": float(stats.nll),
+                  "kl": float(stats.kl), "kept": kept_units(bnn, state.params, masks=state.masks),
+                  "seconds": seconds}
+        if evaluate is not None:
+            record.update(evaluate(state.params, state.masks))
+
+        removed_now, state = _remove_units(bnn, state, tracker, shrink, epoch)
+        record["removed"] = removed_now
+        alive = {name: np.asarray(state.masks.units[name]) > 0.5 for name in tracker.origin}
+        targets = {name: bucketed_width(a.sum(), tracker.original[name], shrink.bucket)
+                   for name, a in alive.items()}
+        record["compiled"] = any(targets[name] < a.size for name, a in alive.items())
+        if record["compiled"]:
+            keep = {name: _physical_keep(a, targets[name]) for name, a in alive.items()}
+            bnn, state = shrink_state(bnn, state, keep)
+            tracker.origin = {k: v[keep[k]] for k, v in tracker.origin.items()}
+            tracker.below = {k: v[keep[k]] for k, v in tracker.below.items()}
+            compiled, evaluate = compile_for(bnn, state)
+        record["widths"] = {l.name: l.units for l in bnn.layers[:-1]}
+        record["alive"] = {name: int(np.sum(np.asarray(state.masks.units[name]) > 0.5))
+                           for name in tracker.origin}
+        history.append(record)
+        if checkpoint_dir is not None:
+            saved_trackers = saved_trackers[-1:] + [tracker.to_json(epoch)]
+            _write_json(Path(checkpoint_dir), SHRINK_FILE, {"trackers": saved_trackers})
+            save_checkpoint(checkpoint_dir, state, history)
+        for callback in callbacks:
+            callback(epoch, record, state)
+        if bar is not None:
+            postfix = {"loss": f"{record['loss']:.4f}", "width": "/".join(map(str, record["widths"].values()))}
+            if "val_accuracy" in record:
+                postfix["acc"] = f"{record['val_accuracy']:.4f}"
+            bar.set_postfix(postfix)
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return result(bnn, state, history)
+
+
+def _remove_units(bnn: SparseBNN, state: TrainState, tracker: _Tracker, shrink: ShrinkSchedule,
+                  epoch: int) -> tuple[dict[str, list[int]], TrainState]:
+    """Update the below-threshold counters and mask off the units whose patience ran out."""
+    removed_now: dict[str, list[int]] = {}
+    if epoch <= shrink.warmup_epochs:
+        return removed_now, state
+    unit_masks = dict(state.masks.units)
+    for name in tracker.origin:
+        gamma = np.asarray(jax.nn.sigmoid(state.params[f"{name}.z.logit"]))
+        alive = np.asarray(unit_masks[name]) > 0.5
+        below = tracker.below[name]
+        below[:] = np.where(alive & (gamma < shrink.threshold), below + 1, 0)
+        gone = _removals(gamma, alive, below, shrink)
+        if gone.size:
+            mask = np.asarray(unit_masks[name], np.float32).copy()
+            mask[gone] = 0.0
+            unit_masks[name] = jnp.asarray(mask)
+            below[gone] = 0
+            original = sorted(int(i) for i in tracker.origin[name][gone])
+            removed_now[name] = original
+            tracker.removed.append({"epoch": epoch, "layer": name, "units": original})
+    if removed_now:
+        state = state._replace(masks=Masks(unit_masks, state.masks.weights))
+    return removed_now, state
+
+
+def _resume(bnn: SparseBNN, state: TrainState, tracker: _Tracker, directory: Path):
+    """Rebuild the widths recorded in ``shrink.json`` and load the checkpoint onto them.
+
+    ``shrink.json`` holds the tracker after the last two epochs, so that a crash between writing
+    it and writing the checkpoint still finds the widths the checkpoint was saved with.
+    """
+    if not (directory / "checkpoint.msgpack").exists():
+        return bnn, state, tracker, []
+    try:
+        entries = json.loads((directory / SHRINK_FILE).read_text())["trackers"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{directory} has a checkpoint but no readable {SHRINK_FILE}; it was not "
+                         f"written by fit_shrinking (resume it with fit instead): {error}") from error
+    problems = []
+    for entry in reversed(entries):
+        saved = _Tracker.from_json(entry)
+        keep = _keep_from_origin(bnn, saved.origin)
+        small, template = (shrink_state(bnn, state, keep) if any(not m.all() for m in keep.values())
+                           else (bnn, state))
+        try:
+            restored = load_checkpoint(directory, template)
+        except ValueError as error:
+            problems.append(str(error))
+            continue
+        restored_state, history = restored
+        if int(restored_state.epoch) == int(entry["epoch"]):
+            return small, restored_state, saved, history
+        problems.append(f"{SHRINK_FILE} entry for epoch {entry['epoch']} does not match the "
+                        f"checkpoint's epoch {int(restored_state.epoch)}")
+    raise ValueError(f"cannot resume from {directory}: " + "; ".join(problems))

@@ -1,0 +1,306 @@
+"""Shrinking while training: slicing carries the model over exactly; the run removes and shrinks.
+
+How the loss is compared across widths. The guide draws one noise array per site, with the
+site's shape, so the two networks' default draws are unrelated. :class:`fixed_noise` makes the
+guide use given standard noise instead (``loc + scale * eps`` for normal and log-normal sites,
+the Concrete formula with a given uniform ``u`` for indicators): the small network gets the
+full-size noise sliced to its units, so both networks evaluate the *same* joint sample of every
+surviving variable, and the ELBO terms are compared exactly (to float32 rounding).
+
+The masked network still carries the *orphaned* variables that shrinking drops (the removed
+units' rows in the consumers and their per-unit scales; ``analytic_kl`` does not mask those), so
+``loss_masked - loss_small`` must equal their KL, computed here independently from ``kl.py``'s
+closed forms; the likelihood terms must be equal.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+import optax
+import pytest
+from flax import nnx
+from numpyro.primitives import Messenger
+
+from sparse_bnn.elbo import elbo_terms
+from sparse_bnn.guide import ConcreteBernoulli, softplus
+from sparse_bnn.kl import kl_lognormal_gamma, kl_lognormal_invgamma, kl_normal
+from sparse_bnn.model import Masks, SparseBNN
+from sparse_bnn.nets import MLP, NETS, net_from_config
+from sparse_bnn.nets.base import unit_broadcast
+from sparse_bnn.priors import get_prior
+from sparse_bnn.shrink import (ShrinkSchedule, adam_with_indicator_rate, bucketed_width,
+                               fit_shrinking, shrunk_model, site_unit_axes, slice_opt_state,
+                               slice_sites, slice_variational)
+
+
+class fixed_noise(Messenger):
+    """Guide handler: every latent site takes its value from the given standard noise."""
+
+    def __init__(self, fn, noise):
+        self.noise = noise
+        super().__init__(fn)
+
+    def process_message(self, msg):
+        if msg["type"] != "sample" or msg["is_observed"] or msg["name"] not in self.noise:
+            return
+        fn, eps = msg["fn"], self.noise[msg["name"]]
+        while isinstance(fn, dist.Independent):
+            fn = fn.base_dist
+        if isinstance(fn, ConcreteBernoulli):
+            soft = jax.nn.sigmoid((fn.logits + jnp.log(eps) - jnp.log1p(-eps)) / fn.temperature)
+            value = soft + jax.lax.stop_gradient((soft > 0.5).astype(soft.dtype) - soft) if fn.hard else soft
+        elif isinstance(fn, dist.LogNormal):
+            value = jnp.exp(fn.loc + fn.scale * eps)
+        elif isinstance(fn, dist.Normal):
+            value = fn.loc + fn.scale * eps
+        else:
+            raise TypeError(f"no fixed-noise rule for {type(fn).__name__} at {msg['name']}")
+        msg["value"] = value
+
+
+def full_noise(bnn, key):
+    """``{site: standard noise}`` for every latent site of the guide (uniforms for indicators)."""
+    from numpyro.handlers import seed, substitute, trace
+    guide_trace = trace(substitute(seed(bnn.guide, 0), data=bnn.init_params())).get_trace()
+    noise = {}
+    for name, site in guide_trace.items():
+        if site["type"] != "sample":
+            continue
+        key, sub = jax.random.split(key)
+        shape = jnp.shape(site["value"])
+        noise[name] = (jax.random.uniform(sub, shape, minval=1e-6, maxval=1 - 1e-6)
+                       if name.endswith(".z") else jax.random.normal(sub, shape))
+    return noise
+
+
+def loss_terms(bnn, params, noise, x, y, masks):
+    """``(nll, kl)`` per data point with the guide's noise fixed."""
+    terms = elbo_terms(jax.random.PRNGKey(0), params, bnn.model, fixed_noise(bnn.guide, noise),
+                       bnn.kl, x, y, masks=masks)
+    return -terms.log_likelihood / bnn.n_data, terms.kl / bnn.n_data
+
+
+def randomised_params(bnn, key):
+    """Initial params moved off their initialisation so that every slicing mistake shows."""
+    params = bnn.init_params()
+    keys = jax.random.split(key, len(params))
+    out = {}
+    for k, (name, value) in zip(keys, params.items()):
+        if name.endswith(".rho"):
+            out[name] = jax.random.uniform(k, value.shape, minval=-4.0, maxval=-1.0)
+        elif name.endswith(".z.logit"):
+            out[name] = jax.random.uniform(k, value.shape, minval=-3.0, maxval=4.0)
+        else:
+            out[name] = value + 0.3 * jax.random.normal(k, value.shape)
+    return out
+
+
+def orphan_kl(bnn, params, keep, unit_masks):
+    """KL the masked network carries for variables that the small network no longer has:
+    the physically removed units' consumer rows (gated by their owner's gate, as in the KL) and
+    their per-unit SS-GHS scales ``s2_a ~ Gamma(1/2, rate 1/A)``, ``s2_b ~ InvGamma(1/2, 1)``."""
+    prior = bnn.prior
+    gates = {}
+    for layer in bnn.layers:
+        gate = jnp.ones((layer.units,))
+        if bnn.samples_indicator(layer):
+            gate = jax.nn.sigmoid(params[f"{layer.name}.z.logit"]) * unit_masks[layer.name]
+        gates[layer.name] = gate
+    total = 0.0
+    for layer in bnn.layers:
+        if layer.name not in keep:
+            continue
+        gone = np.flatnonzero(~keep[layer.name])
+        for ref in layer.consumers:
+            site = bnn.weight_site(ref.path)
+            kl = kl_normal(params[f"{site}.loc"], softplus(params[f"{site}.rho"]), prior.sigma_0**2)
+            owner, axis = bnn.owner[ref.path]
+            kl = kl * unit_broadcast(gates[owner.name], kl.ndim, axis)
+            rows = (np.arange(ref.interleave)[:, None] * layer.units + gone[None, :]).reshape(-1)
+            total += jnp.sum(jnp.take(kl, rows, axis=ref.axis))
+        a_loc, a_scale = params[f"{layer.name}.s2_a.loc"][gone], softplus(params[f"{layer.name}.s2_a.rho"][gone])
+        b_loc, b_scale = params[f"{layer.name}.s2_b.loc"][gone], softplus(params[f"{layer.name}.s2_b.rho"][gone])
+        rate = 1.0 / prior.local_scale2
+        total += jnp.sum(kl_lognormal_gamma(a_loc, a_scale, 0.5, jnp.log(rate), rate))
+        total += jnp.sum(kl_lognormal_invgamma(b_loc, b_scale, 0.5, 1.0))
+    return total
+
+
+def mlp_bnn(widths=(12, 10), n_data=64):
+    return SparseBNN(MLP(6, widths, 3, rngs=nnx.Rngs(0)), get_prior("ss-ghs"), n_data=n_data)
+
+
+def removal_setup(bnn, removed, padding):
+    """Unit masks with ``removed`` units off, and the keep masks (alive + padding)."""
+    unit_masks, keep = {}, {}
+    for layer in bnn.indicated_layers:
+        mask = np.ones(layer.units, np.float32)
+        mask[removed.get(layer.name, [])] = 0.0
+        unit_masks[layer.name] = jnp.asarray(mask)
+        kept = mask > 0.5
+        kept[padding.get(layer.name, [])] = True
+        keep[layer.name] = kept
+    return unit_masks, keep
+
+
+def check_same_model(bnn, removed, padding, x, y, seed=0):
+    key_params, key_noise = jax.random.split(jax.random.PRNGKey(seed))
+    params = randomised_params(bnn, key_params)
+    unit_masks, keep = removal_setup(bnn, removed, padding)
+    small = shrunk_model(bnn, keep)
+    small_params = slice_variational(bnn, params, keep)
+    assert set(small_params) == set(small.init_params())
+    for name, value in small.init_params().items():
+        assert small_params[name].shape == value.shape, name
+    noise = full_noise(bnn, key_noise)
+    small_noise = slice_sites(bnn, noise, keep)
+    small_masks = Masks({k: v[keep[k]] for k, v in unit_masks.items()})
+
+    nll_big, kl_big = loss_terms(bnn, params, noise, x, y, Masks(unit_masks))
+    nll_small, kl_small = loss_terms(small, small_params, small_noise, x, y, small_masks)
+    orphan = orphan_kl(bnn, params, keep, unit_masks) / bnn.n_data
+    assert orphan > 0  # the comparison below would not see a missing correction otherwise
+    np.testing.assert_allclose(nll_small, nll_big, rtol=1e-5)
+    np.testing.assert_allclose(kl_small, kl_big - orphan, rtol=1e-5)
+    np.testing.assert_allclose(nll_small + kl_small, nll_big + kl_big - orphan, rtol=1e-5)
+    return params, unit_masks, keep, small, small_params, noise, small_noise, small_masks
+
+
+def test_shrinking_keeps_the_loss_mlp():
+    bnn = mlp_bnn()
+    x = jax.random.normal(jax.random.PRNGKey(1), (16, 6))
+    y = jax.random.randint(jax.random.PRNGKey(2), (16,), 0, 3)
+    check_same_model(bnn, removed={"dense0": [1, 4, 7, 11], "dense1": [0, 5]},
+                     padding={"dense0": [4]}, x=x, y=y)
+
+
+@pytest.mark.parametrize("name", [n for n in ("lenet5-caffe", "lenet5") if n in NETS])
+def test_shrinking_keeps_the_loss_lenet(name):
+    config = NETS[name].example_config()
+    bnn = SparseBNN(net_from_config(config), get_prior("ss-ghs"), n_data=32)
+    size, channels = config["image_size"], config["in_channels"]
+    x = jax.random.normal(jax.random.PRNGKey(1), (4, size, size, channels))
+    y = jax.random.randint(jax.random.PRNGKey(2), (4,), 0, config["num_classes"])
+    layers = [l.name for l in bnn.indicated_layers]
+    removed = {layers[0]: [1], layers[1]: [0, 2], layers[-1]: [3]}
+    check_same_model(bnn, removed, padding={layers[1]: [2]}, x=x, y=y)
+
+
+def test_interleaved_consumer_rows_follow_their_channel():
+    config = NETS["lenet5-caffe"].example_config()
+    bnn = SparseBNN(net_from_config(config), get_prior("ss-ghs"), n_data=32)
+    last_conv = [l for l in bnn.layers if l.name.startswith("conv")][-1]
+    ref = last_conv.consumers[0]
+    assert ref.interleave > 1
+    site = bnn.weight_site(ref.path)
+    rows = np.arange(bnn.shapes[ref.path][0], dtype=np.float32)
+    keep = {last_conv.name: np.array([True, False, True, True])}
+    sliced = slice_sites(bnn, {site: np.tile(rows[:, None], (1, 2))}, keep)[site][:, 0]
+    units = last_conv.units
+    expected = [p * units + c for p in range(ref.interleave) for c in (0, 2, 3)]
+    np.testing.assert_array_equal(sliced, expected)
+    assert sorted(site_unit_axes(bnn)[site]) == sorted([(last_conv.name, ref.axis, ref.interleave),
+                                                        ("dense0", 1, 1)])
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "multi"])
+def test_one_adam_step_after_shrinking_equals_the_masked_step(optimizer):
+    bnn = mlp_bnn()
+    x = jax.random.normal(jax.random.PRNGKey(1), (16, 6))
+    y = jax.random.randint(jax.random.PRNGKey(2), (16,), 0, 3)
+    params, unit_masks, keep, small, small_params, noise, small_noise, small_masks = check_same_model(
+        bnn, removed={"dense0": [2, 3, 9], "dense1": [7]}, padding={"dense1": [7]}, x=x, y=y, seed=3)
+    opt = optax.adam(1e-2) if optimizer == "adam" else adam_with_indicator_rate(1e-2, 5e-2)
+    opt_state = opt.init(params)
+    for i in range(3):  # non-trivial moments and count
+        grads = jax.tree_util.tree_map(
+            lambda p: jax.random.normal(jax.random.PRNGKey(10 + i), p.shape), params)
+        _, opt_state = opt.update(grads, opt_state, params)
+    small_opt_state = slice_opt_state(bnn, opt_state, params, keep)
+
+    def step(model, p, state, eps, masks):
+        grads = jax.grad(lambda q: sum(loss_terms(model, q, eps, x, y, masks)))(p)
+        updates, state = opt.update(grads, state, p)
+        return optax.apply_updates(p, updates), state
+
+    big_after, big_state = step(bnn, params, opt_state, noise, Masks(unit_masks))
+    small_after, small_state = step(small, small_params, small_opt_state, small_noise, small_masks)
+    expected = slice_variational(bnn, big_after, keep)
+    moved = 0
+    for name in small_after:
+        np.testing.assert_allclose(small_after[name], expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
+        moved += int(np.any(np.asarray(small_after[name]) != np.asarray(small_params[name])))
+    assert moved == len(small_after)
+    expected_state = slice_opt_state(bnn, big_state, big_after, keep)
+    for got, want in zip(jax.tree_util.tree_leaves(small_state), jax.tree_util.tree_leaves(expected_state)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_slice_variational_rejects_bad_keep():
+    bnn = mlp_bnn()
+    params = bnn.init_params()
+    with pytest.raises(ValueError, match="shape"):
+        slice_variational(bnn, params, {"dense0": np.ones(5, bool)})
+    with pytest.raises(ValueError, match="unknown layers"):
+        slice_variational(bnn, params, {"dense7": np.ones(12, bool)})
+    with pytest.raises(ValueError, match="every unit"):
+        shrunk_model(bnn, {"dense0": np.zeros(12, bool)})
+
+
+def test_schedule_and_model_checks():
+    with pytest.raises(ValueError, match="min_units"):
+        ShrinkSchedule(min_units=0).validate()
+    with pytest.raises(ValueError, match="threshold"):
+        ShrinkSchedule(threshold=0.7).validate()
+    assert bucketed_width(17, 100, 16) == 32 and bucketed_width(100, 100, 16) == 100
+    assert bucketed_width(0, 100, 16) == 16
+    x = np.zeros((8, 6), np.float32)
+    y = np.zeros(8, np.int32)
+    gaussian = SparseBNN(MLP(6, (4,), 3, rngs=nnx.Rngs(0)), get_prior("gaussian"), n_data=8)
+    with pytest.raises(ValueError, match="indicators"):
+        fit_shrinking(gaussian, x, y, epochs=1, progress=False)
+    sigmoid = SparseBNN(MLP(6, (4,), 3, activation="sigmoid", rngs=nnx.Rngs(0)), get_prior("ss-ghs"), n_data=8)
+    with pytest.raises(ValueError, match="activation"):
+        fit_shrinking(sigmoid, x, y, epochs=1, progress=False)
+
+
+def test_fit_shrinking_removes_and_shrinks(tmp_path):
+    """A short run where units must go: tiny prior inclusion, fast indicator learning rate."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 6)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int32)
+    bnn = SparseBNN(MLP(6, (40, 24), 2, rngs=nnx.Rngs(0)), get_prior("ss-ghs"), n_data=256,
+                    inclusion=1e-4)
+    schedule = ShrinkSchedule(warmup_epochs=2, threshold=0.05, patience=2, bucket=8)
+    result = fit_shrinking(bnn, x, y, epochs=12, batch_size=64, shrink=schedule, progress=False,
+                           optimizer=adam_with_indicator_rate(1e-3, 0.3), checkpoint_dir=tmp_path)
+    history = result.history
+    assert [r["epoch"] for r in history] == list(range(1, 13))
+    removed_total = {name: sum(len(r["removed"].get(name, [])) for r in history) for name in ("dense0", "dense1")}
+    assert sum(removed_total.values()) > 0
+    assert all(not r["removed"] for r in history[:schedule.warmup_epochs + schedule.patience - 1])
+    final = history[-1]
+    for name, original in (("dense0", 40), ("dense1", 24)):
+        alive = original - removed_total[name]
+        assert final["alive"][name] == alive >= schedule.min_units
+        assert final["widths"][name] == bucketed_width(alive, original, schedule.bucket)
+        assert [l.units for l in result.bnn.layers if l.name == name] == [final["widths"][name]]
+        origin = result.unit_origin[name]
+        assert origin.shape == (final["widths"][name],) and np.all(np.diff(origin) > 0)
+        gone = {u for event in result.removed if event["layer"] == name for u in event["units"]}
+        mask = np.asarray(result.state.masks.units[name])
+        # alive units are exactly the original ones never removed; padding is removed ones
+        assert {int(o) for o, m in zip(origin, mask) if m > 0.5} == set(range(original)) - gone
+        assert {int(o) for o, m in zip(origin, mask) if m < 0.5} <= gone
+    shrinks = sum(r["compiled"] for r in history)
+    assert shrinks >= 1 and result.compilations == 1 + shrinks
+    assert set(result.params) == set(result.bnn.init_params())
+    # resume from the checkpoint of the finished run: nothing left to do, same widths rebuilt
+    resumed = fit_shrinking(bnn, x, y, epochs=12, batch_size=64, shrink=schedule, progress=False,
+                            optimizer=adam_with_indicator_rate(1e-3, 0.3), checkpoint_dir=tmp_path,
+                            resume=True)
+    assert [l.units for l in resumed.bnn.layers] == [l.units for l in result.bnn.layers]
+    for name in result.params:
+        np.testing.assert_array_equal(resumed.params[name], result.params[name])

@@ -1,0 +1,204 @@
+"""Bayesian model reduction against fully hierarchical SVI on Fashion-MNIST (issue 6).
+
+Methods, each on the same network and data:
+
+* ``map``: deterministic MAP training of the dense net (optax Adam, cross-entropy plus the
+  Gaussian ``N(0, 1)`` prior as weight decay);
+* ``flat-svi``: mean-field SVI of the flat model (no pruning);
+* ``group-horseshoe``: group horseshoe without spike;
+* ``bmr-elementwise`` / ``bmr-nodewise``: flat SVI with iterative BMR (:func:`fit_with_bmr`);
+* ``ss-gl`` / ``ss-ghs``: spike-and-slab group lasso / group horseshoe.
+
+Reports test accuracy, NLL, ECE (Bayesian model averaging over posterior samples), fractions of
+weights and units pruned, training wall-clock; writes JSON + markdown to ``benchmarks/results/``
+and a sparsity-over-epochs plot.
+
+    python benchmarks/bmr_vs_svi.py --quick      # ~2-3 minutes on a CPU: small MLP, subsets
+    python benchmarks/bmr_vs_svi.py              # full: 60k images, MLP 400-400 and LeNet-5
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from sparse_bnn.data import load_dataset
+from sparse_bnn.fit import fit
+from sparse_bnn.metrics import classification_metrics
+from sparse_bnn.model import SparseBNN
+from sparse_bnn.nets import NETS, MLP
+from sparse_bnn.posterior import predict
+from sparse_bnn.priors import get_prior
+from sparse_bnn.reduction import fit_with_bmr, sparsity
+
+RESULTS = Path(__file__).parent / "results"
+METHODS = ("map", "flat-svi", "group-horseshoe", "bmr-elementwise", "bmr-nodewise", "ss-gl", "ss-ghs")
+SETTINGS = {
+    "quick": {"n_train": 10000, "n_test": 2000, "epochs": 6, "warmup": 3, "batch_size": 256,
+              "mlp_widths": (100, 100), "nets": ("mlp",), "lr": 3e-3, "n_samples": 5},
+    "full": {"n_train": None, "n_test": None, "epochs": 100, "warmup": 20, "batch_size": 1024,
+             "mlp_widths": (400, 400), "nets": ("mlp", "lenet5"), "lr": 1e-3, "n_samples": 10},
+}
+
+
+def build_net(name: str, widths, input_shape, num_classes: int, seed: int):
+    rngs = nnx.Rngs(seed)
+    if name == "mlp":
+        return MLP(int(np.prod(input_shape)), widths, num_classes, rngs=rngs)
+    return NETS[name](image_size=input_shape[0], in_channels=input_shape[-1], num_classes=num_classes,
+                      rngs=rngs)
+
+
+def train_map(net, data, setting, seed):
+    """Plain optax on the dense net: cross-entropy + ||w||^2 / (2 N) (the N(0, 1) prior)."""
+    from sparse_bnn.nets import FunctionalNet
+    functional = FunctionalNet(net)
+    params = functional.initial
+    n, batch = data.x_train.shape[0], setting["batch_size"]
+    optimizer = optax.adam(setting["lr"])
+    x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+
+    def loss(params, xb, yb):
+        logits = functional.apply(params, xb)
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+        return nll + 0.5 * sum(jnp.sum(w**2) for w in params.values()) / n
+
+    @jax.jit
+    def epoch(params, opt_state, key):
+        steps = n // batch
+        order = jax.random.permutation(key, n)[: steps * batch].reshape(steps, batch)
+
+        def body(carry, index):
+            params, opt_state = carry
+            grads = jax.grad(loss)(params, x[index], y[index])
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), None
+
+        return jax.lax.scan(body, (params, opt_state), order)[0]
+
+    opt_state, key = optimizer.init(params), jax.random.PRNGKey(seed)
+    history = []
+    for e in range(setting["epochs"]):
+        started = time.perf_counter()
+        key, sub = jax.random.split(key)
+        params, opt_state = jax.block_until_ready(epoch(params, opt_state, sub))
+        history.append({"epoch": e + 1, "seconds": time.perf_counter() - started})
+    logits = jax.jit(functional.apply)(params, jnp.asarray(data.x_test))
+    return jax.nn.softmax(logits, -1), history
+
+
+def run_method(method, net_name, data, setting, seed=0):
+    net = build_net(net_name, setting["mlp_widths"], data.input_shape, data.num_classes, seed)
+    started = time.perf_counter()
+    if method == "map":
+        probs, history = train_map(net, data, setting, seed)
+        wall = time.perf_counter() - started
+        out = {"pruned_weights": 0.0, "pruned_units": 0.0}
+    else:
+        prior = {"flat-svi": "flat", "bmr-elementwise": "flat", "bmr-nodewise": "flat"}.get(method, method)
+        bnn = SparseBNN(net, get_prior(prior), n_data=data.x_train.shape[0])
+        common = dict(epochs=setting["epochs"], batch_size=setting["batch_size"], seed=seed,
+                      optimizer=optax.adam(setting["lr"]), progress=False)
+        if method.startswith("bmr-"):
+            result = fit_with_bmr(bnn, data.x_train, data.y_train, mode=method[4:],
+                                  warmup_epochs=setting["warmup"], **common)
+        else:
+            result = fit(bnn, data.x_train, data.y_train, **common)
+        wall = time.perf_counter() - started
+        masks, history = result.state.masks, result.history
+        probs = predict(bnn, result.params, data.x_test, n_samples=setting["n_samples"], masks=masks)
+        out = sparsity(bnn, result.params, masks)
+        units_total = sum(l.units for l in bnn.layers if l.prunable)
+        for record in history:
+            record["pruned_units"] = 1.0 - sum(record["kept"].values()) / units_total
+        out["compile_seconds"] = result.compile_seconds
+        out["bmr_seconds_mean"] = float(np.mean([r["bmr_seconds"] for r in history if r.get("bmr_seconds")])) \
+            if method.startswith("bmr-") else None
+    metrics = classification_metrics(jnp.asarray(probs), jnp.asarray(data.y_test))
+    epoch_seconds = [r["seconds"] for r in history]
+    out.update({"method": method, "net": net_name, "accuracy": metrics["accuracy"], "nll": metrics["nll"],
+                "ece": metrics["ece"], "wall_seconds": wall, "train_seconds": float(np.sum(epoch_seconds)),
+                "epoch_seconds_median": float(np.median(epoch_seconds)),
+                "history": [{k: v for k, v in r.items() if k in ("epoch", "pruned_fraction", "pruned_units",
+                                                                  "seconds", "bmr_seconds", "kept")}
+                            for r in history]})
+    if out.get("bmr_seconds_mean"):
+        out["bmr_over_epoch"] = out["bmr_seconds_mean"] / out["epoch_seconds_median"]
+    return out
+
+
+def markdown(rows, setting_name):
+    lines = [f"# BMR vs SVI on Fashion-MNIST ({setting_name})", "",
+             "| net | method | accuracy | NLL | ECE | weights pruned | units pruned | wall s | train s | BMR step / epoch |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = f"{100 * r['bmr_over_epoch']:.3f}%" if r.get("bmr_over_epoch") else "-"
+        lines.append(f"| {r['net']} | {r['method']} | {r['accuracy']:.4f} | {r['nll']:.4f} | {r['ece']:.4f} | "
+                     f"{r['pruned_weights']:.3f} | {r['pruned_units']:.3f} | {r['wall_seconds']:.1f} | "
+                     f"{r['train_seconds']:.1f} | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (ax_w, ax_u) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for r in rows:
+        epochs = [h["epoch"] for h in r["history"]]
+        label = f"{r['net']} {r['method']}"
+        if any("pruned_fraction" in h for h in r["history"]):
+            ax_w.plot(epochs, [h["pruned_fraction"] for h in r["history"]], marker=".", label=label)
+        if any("pruned_units" in h for h in r["history"]):
+            ax_u.plot(epochs, [h["pruned_units"] for h in r["history"]], marker=".", label=label)
+    ax_w.set(xlabel="epoch", ylabel="fraction of weights pruned", title="BMR: weights")
+    ax_u.set(xlabel="epoch", ylabel="fraction of units pruned", title="units")
+    ax_u.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small MLP on data subsets (~2-3 min on CPU)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--nets", nargs="+", default=None, help="override the setting's networks")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    name = "quick" if args.quick else "full"
+    setting = dict(SETTINGS[name])
+    if args.epochs:
+        setting["epochs"] = args.epochs
+        setting["warmup"] = min(setting["warmup"], args.epochs)
+    nets = [n for n in (args.nets or setting["nets"]) if n == "mlp" or n in NETS]
+    data = load_dataset("fashion-mnist", data_dir=args.data_dir, n_train=setting["n_train"],
+                        n_test=setting["n_test"], seed=args.seed)
+    rows = []
+    for net_name in nets:
+        for method in args.methods:
+            row = run_method(method, net_name, data, setting, args.seed)
+            rows.append(row)
+            print(f"{net_name:8s} {method:16s} acc {row['accuracy']:.4f} nll {row['nll']:.4f} "
+                  f"ece {row['ece']:.4f} weights pruned {row['pruned_weights']:.3f} units pruned "
+                  f"{row['pruned_units']:.3f} wall {row['wall_seconds']:.1f}s", flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS / f"bmr_vs_svi_{name}"
+    info = {"setting": {k: list(v) if isinstance(v, tuple) else v for k, v in setting.items()},
+            "device": str(jax.devices()[0]), "rows": rows}
+    stem.with_suffix(".json").write_text(json.dumps(info, indent=1))
+    stem.with_suffix(".md").write_text(markdown(rows, name))
+    plot(rows, stem.with_name(stem.name + "_sparsity.png"))
+    print(markdown(rows, name))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,7 +1,10 @@
 """Fit a :class:`SparseBNN` by SVI: optax, one jitted ``lax.scan`` per epoch, checkpoints.
 
-The data set lives on the device; each epoch shuffles it with the state's key and scans over
-minibatches, so there is no host round trip per step. Everything is a pure function of the
+The data set lives on the devices; each epoch shuffles it with the state's key and scans over
+minibatches, so there is no host round trip per step. Over several devices the same code runs
+data-parallel on a mesh (minibatches sharded, parameters replicated, see
+:mod:`sparse_bnn.distributed`); data too large for the devices are streamed from host memory in
+chunks of minibatches, with the same permutation and keys, hence the same result. Everything is a pure function of the
 :class:`TrainState`, so a run is deterministic for a seed and a resumed run ends exactly where
 an uninterrupted one does.
 """

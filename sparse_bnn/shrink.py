@@ -20,12 +20,16 @@ Because widths only shrink and only in steps of ``bucket`` units, a run compiles
 
 What "the same model" means. A removed unit ``j`` of layer ``l`` (mask 0, ``activation(0) = 0``)
 sends nothing downstream, so the likelihood never sees its own weights, its per-unit scales or
-its rows in the consumers. Slicing removes exactly those; the likelihood and the KL of every
-surviving variable are unchanged. The only difference is the KL of the *orphaned* variables the
-masked network still carries (its consumer rows and per-unit scale sites, which
-``analytic_kl`` does not mask): a constant for the surviving parameters, so gradients, Adam
-steps and the fitted posterior of every surviving variable are the same (``tests/test_shrink.py``
-checks the loss identity and one Adam step to float32 precision).
+its rows in the consumers. On removal those consumer rows are put at their optimum, the slab
+prior (:func:`release_units`; otherwise their KL, gated by the *consumer's* indicator, would
+keep pulling on it). Slicing then drops exactly the orphaned variables; the likelihood and the
+KL of every surviving variable are unchanged. What the masked network still carries beyond the
+sliced one is the KL of the removed units' per-unit scale sites (``analytic_kl`` does not mask
+them): a constant for the surviving parameters, so gradients, Adam steps and the fitted
+posterior of every surviving variable are the same (``tests/test_shrink.py`` checks the loss
+identity and one Adam step to float32 precision). This is exact in the default non-centred
+form; in the centred form the rows' prior variance depends on the consumer's scales, so
+``q = p`` is only approximately reached.
 
 Supported architectures: any net whose removable units send ``activation(0) = 0`` downstream and
 whose unit layers slice generically (members along the unit axis, consumers along the input
@@ -59,12 +63,13 @@ from sparse_bnn.fit import (DivergenceError, FitResult, TrainState, init_state,
                             kept_units, load_checkpoint, make_epoch, make_step, save_checkpoint,
                             validate_data)
 from sparse_bnn.model import Masks, SparseBNN
+from sparse_bnn.nets.base import unit_broadcast
 from sparse_bnn.prune import check_keep, compact
 
 SHRINK_FILE = "shrink.json"
 VARIATIONAL_SUFFIXES = ("loc", "rho", "logit")
 
-__all__ = ["ShrinkSchedule", "ShrinkResult", "adam_with_indicator_rate", "bucketed_width", "fit_shrinking", "shrunk_model",
+__all__ = ["ShrinkSchedule", "ShrinkResult", "adam_with_indicator_rate", "bucketed_width", "fit_shrinking", "release_units", "shrunk_model",
            "site_unit_axes", "slice_masks", "slice_opt_state", "slice_sites", "slice_variational"]
 
 
@@ -274,6 +279,60 @@ def shrink_state(bnn: SparseBNN, state: TrainState, keep: Mapping[str, Any]
     params = slice_variational(bnn, state.params, keep)
     opt_state = slice_opt_state(bnn, state.opt_state, state.params, keep)
     return small, TrainState(params, opt_state, state.rng_key, state.epoch, slice_masks(bnn, state.masks, keep))
+
+
+def release_units(bnn: SparseBNN, params: Mapping[str, jax.Array], opt_state: Any,
+                  removed: Mapping[str, Any]) -> tuple[dict[str, jax.Array], Any]:
+    """Put the consumer rows of removed units at their optimum ``q = p`` and stop their moments.
+
+    A removed unit sends 0 downstream, so its rows in the consumers no longer touch the data:
+    their optimal guide is the slab prior ``N(0, sigma_0^2)`` (non-centred form), where their KL
+    is 0 and so is its gradient. Until then the rows' KL, gated by the *consumer's* indicator,
+    would still pull on that indicator; at ``q = p`` they do not, and the masked network trains
+    exactly like the sliced one. Adam moments of the rows (and of the removed units' own
+    weights) are zeroed so that momentum does not move them (``0 / (0 + eps) = 0``).
+
+    Args:
+      removed: ``{layer: bool [units]}``, True for the units removed now.
+    Returns:
+      ``(params, opt_state)``.
+    """
+    rho_prior = float(np.log(np.expm1(bnn.prior.sigma_0)))
+    rows: dict[str, jax.Array] = {}      # weight site -> bool mask of entries to release
+    own: dict[str, jax.Array] = {}       # weight site -> bool mask of the removed units' own entries
+    for layer in bnn.layers:
+        if layer.name not in removed or not np.any(removed[layer.name]):
+            continue
+        gone = jnp.asarray(np.asarray(removed[layer.name], bool))
+        for target, refs in ((rows, layer.consumers), (own, layer.members)):
+            for ref in refs:
+                if ref.path not in bnn.shapes:
+                    continue
+                site, shape = bnn.weight_site(ref.path), bnn.shapes[ref.path]
+                hit = jnp.broadcast_to(unit_broadcast(gone, len(shape), ref.axis, ref.interleave), shape)
+                target[site] = target[site] | hit if site in target else hit
+    params = dict(params)
+    for site, hit in rows.items():
+        params[f"{site}.loc"] = jnp.where(hit, 0.0, params[f"{site}.loc"])
+        params[f"{site}.rho"] = jnp.where(hit, rho_prior, params[f"{site}.rho"])
+    stopped = {}
+    for site in set(rows) | set(own):
+        row_hit, own_hit = rows.get(site), own.get(site)
+        hit = own_hit if row_hit is None else row_hit if own_hit is None else row_hit | own_hit
+        stopped[f"{site}.loc"] = stopped[f"{site}.rho"] = hit
+    names = set(params)
+
+    def is_params_like(node) -> bool:
+        return isinstance(node, Mapping) and set(node) == names
+
+    def stop(node):
+        if not is_params_like(node):
+            return node
+        return {k: (jnp.where(stopped[k], jnp.zeros((), v.dtype), v)
+                    if k in stopped and hasattr(v, "shape") and tuple(v.shape) == tuple(stopped[k].shape)
+                    else v) for k, v in node.items()}
+
+    return params, jax.tree_util.tree_map(stop, opt_state, is_leaf=is_params_like)
 
 
 def bucketed_width(alive: int, original: int, bucket: int) -> int:
@@ -511,6 +570,7 @@ def _remove_units(bnn: SparseBNN, state: TrainState, tracker: _Tracker, shrink: 
                   epoch: int) -> tuple[dict[str, list[int]], TrainState]:
     """Update the below-threshold counters and mask off the units whose patience ran out."""
     removed_now: dict[str, list[int]] = {}
+    released: dict[str, np.ndarray] = {}
     if epoch <= shrink.warmup_epochs:
         return removed_now, state
     unit_masks = dict(state.masks.units)
@@ -525,11 +585,15 @@ def _remove_units(bnn: SparseBNN, state: TrainState, tracker: _Tracker, shrink: 
             mask[gone] = 0.0
             unit_masks[name] = jnp.asarray(mask)
             below[gone] = 0
+            released[name] = np.zeros(mask.shape, bool)
+            released[name][gone] = True
             original = sorted(int(i) for i in tracker.origin[name][gone])
             removed_now[name] = original
             tracker.removed.append({"epoch": epoch, "layer": name, "units": original})
-    if removed_now:
-        state = state._replace(masks=Masks(unit_masks, state.masks.weights))
+    if released:
+        params, opt_state = release_units(bnn, state.params, state.opt_state, released)
+        state = state._replace(params=params, opt_state=opt_state,
+                               masks=Masks(unit_masks, state.masks.weights))
     return removed_now, state
 
 

@@ -15,8 +15,9 @@ the same epochs and, after a warm-up,
    (:func:`slice_variational`, :func:`slice_opt_state`); the epoch is recompiled then, and only
    then. Removed units that fill a bucket stay as padding with unit mask 0.
 
-Because widths only shrink and only in steps of ``bucket`` units, a run compiles at most
-``1 + sum_l ceil(k_l / bucket)`` times.
+Because widths only shrink, in steps of ``bucket`` units and only when some layer's width falls
+to ``shrink_factor`` (3/4) of its physical width or less, a run compiles at most
+``1 + sum_l ceil(k_l / bucket)`` times, and in practice about ``log(k_l / bucket) / log(4/3)``.
 
 What "the same model" means. A removed unit ``j`` of layer ``l`` (mask 0, ``activation(0) = 0``)
 sends nothing downstream, so the likelihood never sees its own weights, its per-unit scales or
@@ -84,6 +85,10 @@ class ShrinkSchedule(NamedTuple):
         (capped at the original width); fewer, larger steps mean fewer recompilations.
       min_units: units every layer keeps alive (>= 1: Flax cannot build a zero-width layer);
         when more candidates would go, those with the largest ``gamma`` stay.
+      shrink_factor: shrink physically only when some layer's bucketed width is at most this
+        fraction of its physical width (all layers shrink then). ``1.0`` shrinks at every bucket
+        drop; the default 0.75 bounds recompilations by ``~log(k / bucket) / log(4/3)`` per layer
+        however gradually units go, at the price of some padding.
     """
 
     warmup_epochs: int = 10
@@ -91,6 +96,7 @@ class ShrinkSchedule(NamedTuple):
     patience: int = 3
     bucket: int = 16
     min_units: int = 1
+    shrink_factor: float = 0.75
 
     def validate(self) -> "ShrinkSchedule":
         if int(self.warmup_epochs) < 0:
@@ -102,6 +108,8 @@ class ShrinkSchedule(NamedTuple):
             raise ValueError(f"patience must be >= 1 epoch, got {self.patience}")
         if int(self.bucket) < 1:
             raise ValueError(f"bucket must be a positive integer, got {self.bucket}")
+        if not 0.0 < float(self.shrink_factor) <= 1.0:
+            raise ValueError(f"shrink_factor must lie in (0, 1], got {self.shrink_factor}")
         if int(self.min_units) < 1:
             raise ValueError(f"min_units must be >= 1 (a layer cannot vanish), got {self.min_units}")
         return self
@@ -538,7 +546,8 @@ def fit_shrinking(bnn: SparseBNN, x, y, *, epochs: int, shrink: ShrinkSchedule =
         alive = {name: np.asarray(state.masks.units[name]) > 0.5 for name in tracker.origin}
         targets = {name: bucketed_width(a.sum(), tracker.original[name], shrink.bucket)
                    for name, a in alive.items()}
-        record["compiled"] = any(targets[name] < a.size for name, a in alive.items())
+        record["compiled"] = any(targets[name] <= shrink.shrink_factor * a.size and targets[name] < a.size
+                                 for name, a in alive.items())
         if record["compiled"]:
             keep = {name: _physical_keep(a, targets[name]) for name, a in alive.items()}
             bnn, state = shrink_state(bnn, state, keep)

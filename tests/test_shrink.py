@@ -296,7 +296,9 @@ def test_fit_shrinking_removes_and_shrinks(tmp_path):
     for name, original in (("dense0", 40), ("dense1", 24)):
         alive = original - removed_total[name]
         assert final["alive"][name] == alive >= schedule.min_units
-        assert final["widths"][name] == bucketed_width(alive, original, schedule.bucket)
+        width = final["widths"][name]
+        assert bucketed_width(alive, original, schedule.bucket) <= width <= original
+        assert width == original or width % schedule.bucket == 0
         assert [l.units for l in result.bnn.layers if l.name == name] == [final["widths"][name]]
         origin = result.unit_origin[name]
         assert origin.shape == (final["widths"][name],) and np.all(np.diff(origin) > 0)

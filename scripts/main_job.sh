@@ -8,12 +8,15 @@
 #      ending with the compression table.
 #
 # Usage: scripts/main_job.sh            (again after an interruption: it resumes)
-# Environment: EPOCHS (default 20), OUT (default runs/fashion-mnist-ss-ghs), DATA (default
+# Schedule: one epoch (58 full batches of 1024) measured at 3.4 CPU-seconds on this code, so 150
+# epochs take 4-9 minutes on 2 cores plus about a minute of compiling and evaluation; peak
+# resident memory measured 1.5 GB.
+# Environment: EPOCHS (default 150), OUT (default runs/fashion-mnist-ss-ghs), DATA (default
 # fashion-mnist; DATA=digits runs offline), PYTHON (interpreter that creates .venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-EPOCHS="${EPOCHS:-20}"
+EPOCHS="${EPOCHS:-150}"
 OUT="${OUT:-runs/fashion-mnist-ss-ghs}"
 DATA="${DATA:-fashion-mnist}"
 PYTHON="${PYTHON:-python3}"

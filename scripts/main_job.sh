@@ -12,7 +12,8 @@
 # epochs take 4-9 minutes on 2 cores plus about a minute of compiling and evaluation; peak
 # resident memory measured 1.5 GB.
 # Environment: EPOCHS (default 150), OUT (default runs/fashion-mnist-ss-ghs), DATA (default
-# fashion-mnist; DATA=digits runs offline), PYTHON (interpreter that creates .venv).
+# fashion-mnist; DATA=digits runs offline), PYTHON (interpreter that creates .venv), INSTALL=0
+# (skip the pip install into an existing .venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,8 +27,10 @@ if [ ! -x .venv/bin/python ]; then
     echo "== creating .venv"
     "$PYTHON" -m venv .venv
 fi
-echo "== installing sparse_bnn into .venv"
-.venv/bin/python -m pip install --quiet -e .
+if [ "${INSTALL:-1}" = 1 ]; then
+    echo "== installing sparse_bnn into .venv"
+    .venv/bin/python -m pip install --quiet -e .
+fi
 BNN=(.venv/bin/python -m sparse_bnn)
 
 # 2. data ------------------------------------------------------------------------------------

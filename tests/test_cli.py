@@ -257,3 +257,20 @@ def test_help_lists_the_choices():
     for name in ("ss-ghs", "ss-gl", "ss-ig", "group-horseshoe", "mlp", "lenet5-caffe", "resnet32",
                  "fashion-mnist", "digits", "elementwise", "nodewise"):
         assert name in text, name
+
+
+def test_run_directory_states(tmp_path):
+    from sparse_bnn.run import RunDirectoryError, prepare_run_directory
+    run = tmp_path / "run"
+    assert prepare_run_directory(run, resume=False, overwrite=False) is False  # new
+    run.mkdir()
+    assert prepare_run_directory(run, resume=True, overwrite=False) is False  # empty
+    (run / "config.json").write_text("{}")
+    with pytest.raises(RunDirectoryError, match="--resume"):
+        prepare_run_directory(run, resume=False, overwrite=False)
+    assert prepare_run_directory(run, resume=True, overwrite=False) is True
+    (run / "metrics.json").write_text("{}")
+    with pytest.raises(RunDirectoryError, match="--overwrite"):
+        prepare_run_directory(run, resume=True, overwrite=False)
+    assert prepare_run_directory(run, resume=False, overwrite=True) is False
+    assert not run.exists()

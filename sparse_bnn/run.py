@@ -20,6 +20,7 @@ The run directory ``RUN`` ends up holding
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -298,9 +299,6 @@ def _check_devices(config: RunConfig) -> None:
     if config.devices > available:
         raise ValueError(f"--devices {config.devices} but JAX sees only {available} device(s) "
                          f"({jax.devices()[0].platform})")
-    if config.devices > 1:
-        raise ValueError("--devices > 1 needs data-parallel training, which sparse_bnn.fit does not "
-                         "offer yet; use --devices 1")
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -410,6 +408,11 @@ def run_experiment(config: RunConfig | Mapping[str, Any], *, resume: bool = Fals
     fit_kwargs = dict(epochs=config.epochs, batch_size=config.batch_size, optimizer=optimizer,
                       seed=config.seed, augment=augment, progress=progress, validation=validation,
                       callbacks=callbacks)
+    if config.devices is not None:
+        if "devices" not in inspect.signature(fit_function).parameters:
+            raise ValueError("--devices: this training scheme (--bmr/--shrink) runs on one device; "
+                             "leave --devices out")
+        fit_kwargs["devices"] = config.devices
     started = time.perf_counter()
     result = fit_function(bnn, dataset.x_train, dataset.y_train, checkpoint_dir=checkpoint_dir,
                           resume=True, **fit_kwargs)
@@ -422,7 +425,8 @@ def run_experiment(config: RunConfig | Mapping[str, Any], *, resume: bool = Fals
         keep = posterior.keep_masks(final_bnn, params, config.threshold, masks)
         unit_masks = Masks(units={name: jnp.asarray(k, jnp.float32) for name, k in keep.items()},
                            weights=dict(masks.weights))
-        tuned_bnn = build_model(config, dataset, net_cfg, freeze_indicators=True)
+        # the fitted net's own config: after --shrink it is smaller than net_cfg
+        tuned_bnn = build_model(config, dataset, final_bnn.net.config, freeze_indicators=True)
         wanted = tuned_bnn.init_params()
         init = {k: params[k] for k in wanted}
         tuned = fit(tuned_bnn, dataset.x_train, dataset.y_train, init_params=init, masks=unit_masks,

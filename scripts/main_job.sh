@@ -65,5 +65,6 @@ if [ "$DATA" != "fashion-mnist" ]; then  # the offline sets are small: a smaller
     BATCH=128
 fi
 echo "== fitting SS-GHS on $DATA, MLP widths $WIDTHS, $EPOCHS epochs -> $OUT"
-"${BNN[@]}" fit --data "$DATA" --net mlp --widths "$WIDTHS" --prior ss-ghs \
+# a 10% validation split puts the accuracy in the progress bar next to loss and kept units
+"${BNN[@]}" fit --data "$DATA" --net mlp --widths "$WIDTHS" --prior ss-ghs --validation-fraction 0.1 \
     --epochs "$EPOCHS" --batch-size "$BATCH" --lr 1e-3 --seed 0 --out "$OUT" --resume

@@ -274,3 +274,28 @@ def test_run_directory_states(tmp_path):
         prepare_run_directory(run, resume=True, overwrite=False)
     assert prepare_run_directory(run, resume=False, overwrite=True) is False
     assert not run.exists()
+
+
+def test_regression_run_with_fine_tuning(tmp_path):
+    from sparse_bnn.compact_io import load_compact
+    from sparse_bnn.data import load_dataset
+    run = tmp_path / "teacher"
+    result = cli("fit", "--data", "teacher", "--n-train", 200, "--n-test", 100, "--widths", 8,
+                 "--epochs", 2, "--fine-tune-epochs", 1, "--batch-size", 50, "--samples", 3,
+                 "--no-latency", "--quiet", "--out", run)
+    assert result.returncode == 0, result.stderr
+    history = json.loads((run / "history.json").read_text())
+    assert [(r["epoch"], r["phase"]) for r in history] == [(1, "sparse"), (2, "sparse"), (3, "fine-tune")]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["task"] == "regression" and metrics["noise_std"] > 0
+    assert set(metrics["compact"]) >= {"rmse", "nll"} and set(metrics["bma"]) >= {"rmse", "nll"}
+    # recompute the compact network's RMSE and Gaussian NLL by hand
+    data = load_dataset("teacher", n_train=200, n_test=100, seed=0)
+    mean = np.asarray(load_compact(run / "compact")(data.x_test), np.float64).reshape(-1)
+    y = np.asarray(data.y_test, np.float64).reshape(-1)
+    sigma = metrics["noise_std"]
+    assert np.sqrt(np.mean((mean - y) ** 2)) == pytest.approx(metrics["compact"]["rmse"], rel=1e-5)
+    nll = np.mean(0.5 * ((y - mean) / sigma) ** 2 + np.log(sigma) + 0.5 * np.log(2 * np.pi))
+    assert nll == pytest.approx(metrics["compact"]["nll"], rel=1e-5)
+    report = cli("report", run)
+    assert report.returncode == 0 and "rmse" in report.stdout

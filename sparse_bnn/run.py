@@ -312,8 +312,8 @@ def compact_predictions(net, x: np.ndarray, task: str) -> np.ndarray:
     """Class probabilities ``[N, C]`` or means ``[N, out]`` of a (compact) network."""
     from flax import nnx
     graphdef, state = nnx.split(net)
-    forward = jax.jit(lambda xb: nnx.merge(graphdef, state)(xb))
-    outputs = _batched_outputs(forward, np.asarray(x, np.float32))
+    forward = jax.jit(lambda s, xb: nnx.merge(graphdef, s)(xb))  # weights as arguments, not constants
+    outputs = _batched_outputs(lambda xb: forward(state, xb), np.asarray(x, np.float32))
     return np.asarray(jax.nn.softmax(outputs, -1)) if task == "classification" else outputs
 
 

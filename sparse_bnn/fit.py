@@ -445,11 +445,12 @@ def _validation_fn(bnn: SparseBNN, validation, mesh: Mesh):
     from sparse_bnn.posterior import posterior_mean_params
     x_val, y_val = validate_data(bnn, *validation)
     x_device = place(x_val, replicated(mesh))
-    outputs_fn = jax.jit(lambda params, masks: bnn.functional.apply(
-        posterior_mean_params(bnn, params, masks=masks)[0], x_device))
+    # x is an argument, not a closed-over constant: XLA would otherwise constant-fold it
+    outputs_fn = jax.jit(lambda params, masks, x: bnn.functional.apply(
+        posterior_mean_params(bnn, params, masks=masks)[0], x))
 
     def evaluate(params, masks):
-        outputs = np.asarray(outputs_fn(params, masks))
+        outputs = np.asarray(outputs_fn(params, masks, x_device))
         if bnn.likelihood == "categorical":
             return {"val_accuracy": float(np.mean(np.argmax(outputs, -1) == y_val))}
         return {"val_rmse": float(np.sqrt(np.mean((outputs.reshape(y_val.shape) - y_val) ** 2)))}

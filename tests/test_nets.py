@@ -317,10 +317,6 @@ def test_recompute_batch_stats_matches_data_moments():
     assert float(jnp.abs(net.blocks[8].bn2.mean[...]).max()) > 1e-4
 
 
-@pytest.mark.xfail(strict=True, raises=flax.errors.TraceContextError,
-                   reason="FunctionalNet.apply merges the shared self.rest: a training-mode BN "
-                          "writes its batch statistics into it from inside jit (copy rest in "
-                          "base.FunctionalNet.apply, as param_state is copied)")
 def test_functional_resnet_in_training_mode_under_jit():
     net = ResNet.from_config(ResNet.example_config(), nnx.Rngs(0))
     functional = FunctionalNet(net)

@@ -151,8 +151,9 @@ class FunctionalNet:
 
     def apply(self, params: dict[Path, jax.Array], x: jax.Array) -> jax.Array:
         state = jax.tree_util.tree_map(lambda v: v, self.param_state)
+        rest = jax.tree_util.tree_map(lambda v: v, self.rest)  # training-mode batch-norm writes here
         nnx.replace_by_pure_dict(state, unflatten_paths(params))
-        return nnx.merge(self.graphdef, state, self.rest)(x)
+        return nnx.merge(self.graphdef, state, rest)(x)
 
     def __call__(self, params: dict[Path, jax.Array], x: jax.Array) -> jax.Array:
         return self.apply(params, x)

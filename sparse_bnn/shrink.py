@@ -444,7 +444,8 @@ def fit_shrinking(bnn: SparseBNN, x, y, *, epochs: int, shrink: ShrinkSchedule =
     """:func:`sparse_bnn.fit.fit` that removes switched-off units and shrinks the network.
 
     Arguments as :func:`~sparse_bnn.fit.fit`, plus ``shrink`` (a :class:`ShrinkSchedule`).
-    ``callbacks`` receive the state of the *current* (possibly smaller) model.
+    ``callbacks`` receive the state of the *current* (possibly smaller) model. Runs on one
+    device with the data resident (fit's ``mesh``/``devices``/``streaming`` are not supported).
 
     History records are fit's (``epoch, loss, nll, kl, kept, seconds``, validation) plus
     ``widths`` (physical units per layer after the epoch's shrink), ``alive`` (units not removed),

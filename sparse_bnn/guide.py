@@ -105,7 +105,18 @@ def init_params(bnn: "SparseBNN") -> dict[str, jax.Array]:
 
 
 def sample_guide(bnn: "SparseBNN") -> dict[str, jax.Array]:
-    """The guide body: ``numpyro.param`` + ``numpyro.sample`` of every latent site."""
+    """The guide body: ``numpyro.param`` + ``numpyro.sample`` of every latent site.
+
+    Under ``bnn.partitionable_noise`` (when set) as ``jax_threefry_partitionable``.
+    """
+    partitionable = getattr(bnn, "partitionable_noise", None)
+    if partitionable is None:
+        return _sample_sites(bnn)
+    with jax.threefry_partitionable(partitionable):
+        return _sample_sites(bnn)
+
+
+def _sample_sites(bnn: "SparseBNN") -> dict[str, jax.Array]:
     init = _cached_init(bnn)
     values = {}
     names = [s.name for s in bnn.prior.scale_sites(bnn.layers)] + (["noise"] if bnn.learns_noise else [])

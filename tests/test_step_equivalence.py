@@ -11,6 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro
 import pytest
 from flax import nnx
 
@@ -321,6 +322,28 @@ def test_step_matches_pinned_values(name):
         # The probe sum can cancel; measure its error against the gradient's size.
         np.testing.assert_allclose(got_probe, probe, rtol=RTOL, atol=RTOL * norm + 1e-7,
                                    err_msg=f"{name}: probe . d loss / d {key}")
+
+
+def test_partitionable_noise_option_is_the_jax_setting_scoped_to_the_guide():
+    """``partitionable_noise=False`` gives exactly the step JAX gives under the global setting
+    ``jax_threefry_partitionable=False``, and differs from the default stream."""
+    bnn, params, x, y, masks = make_case("ss-ghs")
+    key = jax.random.PRNGKey(3)
+    with jax.threefry_partitionable(False):
+        global_setting = jax.jit(jax.grad(lambda p: loss_fn(bnn)(p, key, x, y, masks)[0]))(params)
+    bnn.partitionable_noise = False
+    option = jax.jit(jax.grad(lambda p: loss_fn(bnn)(p, key, x, y, masks)[0]))(params)
+    for name in params:
+        np.testing.assert_allclose(option[name], global_setting[name], rtol=RTOL, atol=1e-7, err_msg=name)
+
+    # The guide's draws come from another stream than the default one's.
+    def weight_draw(partitionable):
+        bnn.partitionable_noise = partitionable
+        guide = numpyro.handlers.substitute(numpyro.handlers.seed(bnn.guide, key), data=params)
+        return np.asarray(guide(x, y, masks)["layers.0.kernel"] - params["layers.0.kernel.loc"])
+
+    default_noise, option_noise = weight_draw(None), weight_draw(False)
+    assert np.linalg.norm(option_noise - default_noise) > 0.5 * np.linalg.norm(default_noise)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ numbers) from *data-dependent* slowness (e.g. denormal floats in early parameter
 moments), the script then replays the first epoch from a saved copy of the initial state, and
 the last epoch again from its own input state: if the replayed first epoch is fast again, the
 slowness was warm-up; if it is slow again, it is the numbers. It also counts subnormal float32
-values in the parameters and optimiser state after each epoch.
+values in the parameters and optimiser state after each epoch, and checks whether compiled code
+flushes subnormal results to zero (XLA's CPU runtime sets FTZ while it runs; if so, no step can
+create subnormals and they cannot be the cause).
 
     python benchmarks/first_epochs.py [--epochs 10] [--prior ss-ghs] [--n-train 60000]
 
@@ -47,6 +49,12 @@ def subnormal_count(tree) -> int:
     return total
 
 
+def flushes_subnormals() -> bool:
+    """Whether compiled code flushes subnormal results to zero (XLA CPU sets FTZ when it runs)."""
+    tiny = jnp.full((8,), TINY, jnp.float32)
+    return bool(np.all(np.asarray(jax.jit(lambda v: v * jnp.float32(0.5))(tiny)) == 0))
+
+
 def copy_state(state):
     return jax.tree_util.tree_map(jnp.copy, state)
 
@@ -60,7 +68,8 @@ def run(args) -> dict:
                args.prior: svi_epoch(make_net(), args.prior, n_data, batch_size)}
     report = {"data": "fashion-mnist", "n_train": int(n_data), "batch_size": batch_size,
               "steps_per_epoch": n_data // batch_size, "jax": jax.__version__,
-              "xla_flags": os.environ.get("XLA_FLAGS", ""), "configs": {}}
+              "xla_flags": os.environ.get("XLA_FLAGS", ""),
+              "flushes_subnormals": flushes_subnormals(), "configs": {}}
     compiled, states, initial = {}, {}, {}
     for name, (epoch, state) in configs.items():
         started = time.perf_counter()
@@ -104,6 +113,7 @@ def print_table(report: dict) -> None:
     names = list(report["configs"])
     steps = report["steps_per_epoch"]
     print(f"\nFashion-MNIST n={report['n_train']}, batch {report['batch_size']}, {steps} steps/epoch")
+    print(f"compiled code flushes subnormal results to zero: {report['flushes_subnormals']}")
     print("compile: " + ", ".join(f"{n} {report['configs'][n]['compile_seconds']:.1f}s" for n in names))
     print(f"{'epoch':>5}" + "".join(f"{n + ' s':>16}{'steps/s':>9}" for n in names) + f"{'ratio':>8}")
     rows = zip(*(report["configs"][n]["epochs"] for n in names))

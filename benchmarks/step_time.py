@@ -11,7 +11,13 @@ ratio to the deterministic step is the median of the per-round ratios.
     python benchmarks/step_time.py                # MLP 784-400-400-10, batch 1024, all priors
     python benchmarks/step_time.py --quick        # fewer rounds and steps
     python benchmarks/step_time.py --net lenet5-caffe --priors ss-ghs gaussian
-    python benchmarks/step_time.py --prng rbg     # another PRNG implementation for the guide noise
+    python benchmarks/step_time.py --also-rng threefry-nonpartitionable   # extra rows, another RNG
+    python benchmarks/step_time.py --pairwise-noise   # extra rows, SparseBNN(partitionable_noise=False)
+
+RNG settings (they change the random streams, so they are options, never silent defaults):
+``threefry`` is JAX's default (partitionable threefry); ``threefry-nonpartitionable`` sets
+``jax_threefry_partitionable=False`` (one 64-bit hash per two normals instead of one per normal);
+``rbg``/``unsafe_rbg`` set ``jax_default_prng_impl`` (XLA's RngBitGenerator; very slow on CPU).
 
 Writes ``benchmarks/results/step_time.json`` (or ``--out``).
 """
@@ -23,6 +29,7 @@ import os
 import platform
 import statistics
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -48,15 +55,38 @@ BENCH_NETS: dict[str, tuple[Callable[[nnx.Rngs], nnx.Module], tuple[int, ...], i
 }
 
 
+RNG_SETTINGS = {
+    "threefry": {},
+    "threefry-nonpartitionable": {"jax_threefry_partitionable": False},
+    "rbg": {"jax_default_prng_impl": "rbg"},
+    "unsafe_rbg": {"jax_default_prng_impl": "unsafe_rbg"},
+}
+
+
+@contextmanager
+def rng_setting(name: str):
+    """Trace, lower and initialise keys under one of :data:`RNG_SETTINGS` (restored after)."""
+    changes = RNG_SETTINGS[name]
+    saved = {option: getattr(jax.config, option) for option in changes}
+    for option, value in changes.items():
+        jax.config.update(option, value)
+    try:
+        yield
+    finally:
+        for option, value in saved.items():
+            jax.config.update(option, value)
+
+
 def random_data(n: int, input_shape: tuple[int, ...], classes: int, seed: int = 0):
     """Standard-normal inputs ``[n, *input_shape]`` and uniform labels ``[n]`` (the data's shape)."""
     rng = np.random.default_rng(seed)
     return rng.normal(size=(n, *input_shape)).astype(np.float32), rng.integers(0, classes, n).astype(np.int32)
 
 
-def svi_epoch(net: nnx.Module, prior_name: str, n_data: int, batch_size: int, seed: int = 0):
-    """``(jitted epoch fn, initial TrainState)`` for one prior, exactly as ``fit`` builds them."""
-    bnn = SparseBNN(net, get_prior(prior_name), n_data=n_data)
+def svi_epoch(net: nnx.Module, prior_name: str, n_data: int, batch_size: int, seed: int = 0, **options):
+    """``(jitted epoch fn, initial TrainState)`` for one prior, exactly as ``fit`` builds them;
+    ``options`` go to :class:`SparseBNN`."""
+    bnn = SparseBNN(net, get_prior(prior_name), n_data=n_data, **options)
     optimizer = optax.adam(1e-3)
     step = fit_lib.make_step(bnn, optimizer)
     epoch = jax.jit(fit_lib.make_epoch(step, n_data, batch_size), donate_argnums=0)
@@ -101,31 +131,40 @@ def deterministic_epoch(net: nnx.Module, n_data: int, batch_size: int, seed: int
 
 
 def run(args) -> dict:
-    if args.prng != "threefry2x32":
-        jax.config.update("jax_default_prng_impl", args.prng)
     make_net, input_shape, batch_size, classes = BENCH_NETS[args.net]
     batch_size = args.batch_size or batch_size
     n_data = args.steps * batch_size
     x, y = random_data(n_data, input_shape, classes)
     x, y = jnp.asarray(x), jnp.asarray(y)
 
-    configs: dict[str, tuple[Callable, object]] = {
-        "deterministic": deterministic_epoch(make_net(nnx.Rngs(0)), n_data, batch_size)}
+    # name -> (rng setting, builder of (jitted epoch fn, initial state))
+    builders: dict[str, tuple[str, Callable]] = {
+        "deterministic": (args.rng, lambda: deterministic_epoch(make_net(nnx.Rngs(0)), n_data, batch_size))}
     for prior in args.priors:
-        configs[prior] = svi_epoch(make_net(nnx.Rngs(0)), prior, n_data, batch_size)
+        builders[prior] = (args.rng, lambda prior=prior: svi_epoch(make_net(nnx.Rngs(0)), prior, n_data, batch_size))
+    if args.pairwise_noise:
+        for prior in args.also_rng_priors:
+            builders[f"{prior} [partitionable_noise=False]"] = (args.rng, lambda prior=prior: svi_epoch(
+                make_net(nnx.Rngs(0)), prior, n_data, batch_size, partitionable_noise=False))
+    for rng in args.also_rng:
+        for prior in args.also_rng_priors:
+            builders[f"{prior} [{rng}]"] = (rng, lambda prior=prior: svi_epoch(
+                make_net(nnx.Rngs(0)), prior, n_data, batch_size))
 
     compiled, states, compile_seconds = {}, {}, {}
-    for name, (epoch, state) in configs.items():
-        started = time.perf_counter()
-        compiled[name] = epoch.lower(state, x, y).compile()
-        compile_seconds[name] = time.perf_counter() - started
+    for name, (rng, build) in builders.items():
+        with rng_setting(rng):
+            epoch, state = build()
+            started = time.perf_counter()
+            compiled[name] = epoch.lower(state, x, y).compile()
+            compile_seconds[name] = time.perf_counter() - started
         states[name] = state
         for _ in range(args.warmup):  # past the first epochs (see first_epochs.py)
             states[name] = jax.block_until_ready(compiled[name](states[name], x, y))[0]
         print(f"compiled {name} in {compile_seconds[name]:.1f}s", flush=True)
 
-    seconds: dict[str, list[float]] = {name: [] for name in configs}
-    names = list(configs)
+    seconds: dict[str, list[float]] = {name: [] for name in compiled}
+    names = list(compiled)
     for round_ in range(args.rounds):
         # Rotate the order each round so that no configuration always runs first or last.
         shift = round_ % len(names)
@@ -145,17 +184,17 @@ def run(args) -> dict:
                          "ms_per_step_all_rounds": [1e3 * s for s in per_step],
                          "compile_seconds": compile_seconds[name]}
     return {"net": args.net, "batch_size": batch_size, "steps_per_epoch": args.steps,
-            "rounds": args.rounds, "warmup_epochs": args.warmup, "prng": args.prng,
+            "rounds": args.rounds, "warmup_epochs": args.warmup, "rng": args.rng,
             "jax": jax.__version__, "machine": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "backend": jax.default_backend(), "results": results}
 
 
 def print_table(report: dict) -> None:
     print(f"\n{report['net']}, batch {report['batch_size']}, {report['steps_per_epoch']} steps/epoch, "
-          f"{report['rounds']} interleaved rounds, prng {report['prng']}, {report['backend']}")
-    print(f"{'config':<18}{'ms/step':>10}{'steps/s':>10}{'ratio':>8}{'compile s':>11}")
+          f"{report['rounds']} interleaved rounds, rng {report['rng']}, {report['backend']}")
+    print(f"{'config':<40}{'ms/step':>10}{'steps/s':>10}{'ratio':>8}{'compile s':>11}")
     for name, r in report["results"].items():
-        print(f"{name:<18}{r['ms_per_step']:>10.2f}{r['steps_per_s']:>10.1f}"
+        print(f"{name:<40}{r['ms_per_step']:>10.2f}{r['steps_per_s']:>10.1f}"
               f"{r['ratio_to_deterministic']:>8.2f}{r['compile_seconds']:>11.1f}")
 
 
@@ -167,7 +206,12 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=20, help="steps per timed epoch")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved timed epochs per config")
     parser.add_argument("--warmup", type=int, default=2, help="untimed epochs per config first")
-    parser.add_argument("--prng", default="threefry2x32", choices=["threefry2x32", "rbg", "unsafe_rbg"])
+    parser.add_argument("--rng", default="threefry", choices=list(RNG_SETTINGS), help="for every row")
+    parser.add_argument("--also-rng", nargs="*", default=[], choices=list(RNG_SETTINGS),
+                        help="extra rows: --also-rng-priors under these RNG settings")
+    parser.add_argument("--pairwise-noise", action="store_true",
+                        help="extra rows: --also-rng-priors with SparseBNN(partitionable_noise=False)")
+    parser.add_argument("--also-rng-priors", nargs="+", default=["ss-ghs", "ss-gl"], choices=list(PRIORS))
     parser.add_argument("--quick", action="store_true", help="10 steps, 3 rounds, 1 warm-up epoch")
     parser.add_argument("--out", type=Path, default=RESULTS / "step_time.json")
     args = parser.parse_args(argv)

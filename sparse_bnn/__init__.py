@@ -1,2 +1,34 @@
-"""sparse_bnn: structurally sparse Bayesian neural networks in NumPyro over Flax NNX."""
+"""sparse_bnn: structurally sparse Bayesian neural networks in NumPyro over Flax NNX.
+
+The common entry points are importable from the package (loaded on first use, so that
+``sparse_bnn.compact_io`` alone stays light for deployment)::
+
+    from sparse_bnn import SparseBNN, get_prior, fit, predict, load_compact
+"""
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "SparseBNN": "sparse_bnn.model", "Masks": "sparse_bnn.model",
+    "get_prior": "sparse_bnn.priors", "PRIORS": "sparse_bnn.priors",
+    "NETS": "sparse_bnn.nets", "MLP": "sparse_bnn.nets", "net_from_config": "sparse_bnn.nets",
+    "fit": "sparse_bnn.fit", "FitResult": "sparse_bnn.fit", "DivergenceError": "sparse_bnn.fit",
+    "predict": "sparse_bnn.posterior", "predict_mean": "sparse_bnn.posterior",
+    "posterior_mean_params": "sparse_bnn.posterior", "inclusion_probs": "sparse_bnn.posterior",
+    "compact": "sparse_bnn.prune", "mask_params": "sparse_bnn.prune",
+    "compression_report": "sparse_bnn.report",
+    "save_compact": "sparse_bnn.compact_io", "load_compact": "sparse_bnn.compact_io",
+    "load_dataset": "sparse_bnn.data",
+    "fit_with_bmr": "sparse_bnn.reduction", "fit_shrinking": "sparse_bnn.shrink",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'sparse_bnn' has no attribute {name!r}")

@@ -20,7 +20,7 @@ import numpyro.distributions as dist
 from flax import nnx
 
 from sparse_bnn.inclusion import layer_inclusion_probs
-from sparse_bnn.nets.base import FunctionalNet, Path, UnitLayer, path_name, unit_broadcast
+from sparse_bnn.nets.base import FunctionalNet, Path, flatten_paths, UnitLayer, path_name, unit_broadcast
 from sparse_bnn.priors.base import Prior
 
 LIKELIHOODS = ("categorical", "gaussian")
@@ -94,8 +94,11 @@ class SparseBNN:
         self.layers: tuple[UnitLayer, ...] = tuple(net.unit_layers())
         self.shapes: dict[Path, tuple[int, ...]] = {p: tuple(v.shape) for p, v in self.functional.initial.items()}
         self.owner: dict[Path, tuple[UnitLayer, int]] = {}
+        state_paths = set(flatten_paths(nnx.to_pure_dict(self.functional.rest)))
         for layer in self.layers:
             for member in layer.members:
+                if member.path in state_paths:
+                    continue  # batch statistics follow their unit when pruning; they are not random
                 if member.path not in self.shapes:
                     raise ValueError(f"layer {layer.name} names parameter {path_name(member.path)}, "
                                      "which the network does not have")

@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=10)
     train.add_argument("--batch-size", type=int, default=1024)
     train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    train.add_argument("--indicator-lr", type=float, default=None,
+                       help="learning rate of the node indicators' logits (default: --lr); a slower "
+                            "rate than the weights' keeps whole layers from switching off together")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                        help="horizontal flips (default: as the data set says; on for Fashion-MNIST)")

@@ -39,7 +39,7 @@ from flax import serialization
 import sparse_bnn
 from sparse_bnn import compact_io, metrics as metric_fns, posterior, prune, report as report_lib
 from sparse_bnn.data import Dataset, DataNotFoundError, flip_augment, load_dataset
-from sparse_bnn.fit import FitResult, fit, init_state, save_checkpoint
+from sparse_bnn.fit import FitResult, fit, init_state, save_checkpoint, svi_optimizer
 from sparse_bnn.model import Masks, SparseBNN
 from sparse_bnn.nets import NETS, FunctionalNet, net_from_config
 from sparse_bnn.priors import PRIORS, get_prior
@@ -57,7 +57,7 @@ BMR_MODES = ("none", "elementwise", "nodewise")
 REGRESSION_LIKELIHOOD_NOISE = None  # learned
 
 # Fields that define the experiment: a resumed run must agree on them with the saved config.
-_MODEL_FIELDS = ("data", "net", "widths", "prior", "batch_size", "lr", "seed", "validation_fraction",
+_MODEL_FIELDS = ("data", "net", "widths", "prior", "batch_size", "lr", "indicator_lr", "seed", "validation_fraction",
                  "n_train", "n_test", "sigma0", "inclusion", "temperature", "soft", "centred",
                  "augment", "activation", "bmr", "shrink")
 
@@ -83,6 +83,7 @@ class RunConfig:
     epochs: int = 10
     batch_size: int = 1024
     lr: float = 1e-3
+    indicator_lr: float | None = None
     seed: int = 0
     data_dir: str | None = None
     download: bool = True
@@ -122,6 +123,8 @@ class RunConfig:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"the learning rate must be positive, got {self.lr}")
+        if self.indicator_lr is not None and not (math.isfinite(self.indicator_lr) and self.indicator_lr > 0):
+            raise ValueError(f"the indicator learning rate must be positive, got {self.indicator_lr}")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must lie strictly between 0 and 1, got {self.threshold}")
         if self.sigma0 is not None and not (math.isfinite(self.sigma0) and self.sigma0 > 0):
@@ -397,7 +400,7 @@ def run_experiment(config: RunConfig | Mapping[str, Any], *, resume: bool = Fals
         "run": config.to_dict(), "net_config": net_cfg, "sparse_bnn_version": sparse_bnn.__version__,
         "jax_version": jax.__version__, "dataset": dataset.summary(), "augment": bool(augment is not None),
         "sigma_0": float(bnn.prior.sigma_0), "inclusion": {k: float(v) for k, v in bnn.inclusion.items()}})
-    optimizer = optax.adam(config.lr)
+    optimizer = svi_optimizer(config.lr, config.indicator_lr)
     validation = (dataset.x_val, dataset.y_val) if len(dataset.x_val) else None
     checkpoint_dir = out / CHECKPOINT_DIR
     if fit_function is fit and not (checkpoint_dir / "checkpoint.msgpack").exists():

@@ -317,3 +317,42 @@ def test_fit_shrinking_removes_and_shrinks(tmp_path):
     assert [l.units for l in resumed.bnn.layers] == [l.units for l in result.bnn.layers]
     for name in result.params:
         np.testing.assert_array_equal(resumed.params[name], result.params[name])
+
+
+@pytest.mark.slow
+def test_digits_with_and_without_shrinking_agree():
+    """MLP 64-100-100-10, SS-GHS on digits, same seed, with and without shrinking.
+
+    Until the first removal both runs are the same computation (all-ones unit masks), so their
+    losses agree to float32 rounding. Afterwards they are two runs of the same model: removed
+    units had ``gamma < 1e-3`` for ``patience`` epochs (the full run keeps sampling them with
+    probability < 1e-3 per step), and once widths change the guide's noise draws differ (the
+    same key, other shapes), so the kept units agree up to the run-to-run spread of the median
+    model: we allow 15% of a layer's kept units plus 2, and 1 point of test accuracy.
+    """
+    from sparse_bnn.data import load_dataset
+    from sparse_bnn.fit import fit, kept_units
+    from sparse_bnn.posterior import predict
+
+    data = load_dataset("digits")
+    n = data.x_train.shape[0]
+
+    def model():
+        return SparseBNN(MLP(64, (100, 100), 10, rngs=nnx.Rngs(0)), get_prior("ss-ghs"), n_data=n)
+
+    kwargs = dict(epochs=80, batch_size=128, seed=0, progress=False,
+                  optimizer=adam_with_indicator_rate(1e-3, 0.05))
+    full = fit(model(), data.x_train, data.y_train, **kwargs)
+    small = fit_shrinking(model(), data.x_train, data.y_train,
+                          shrink=ShrinkSchedule(warmup_epochs=5, patience=3), **kwargs)
+    first_removal = min(event["epoch"] for event in small.removed)
+    assert small.compilations >= 2
+    for a, b in zip(full.history[:first_removal], small.history[:first_removal]):
+        np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-5)
+    kept_full = kept_units(full.bnn, full.params)
+    kept_small = kept_units(small.bnn, small.params, masks=small.state.masks)
+    for name, count in kept_full.items():
+        assert abs(kept_small[name] - count) <= 0.15 * count + 2, (kept_full, kept_small)
+    accuracy = lambda r, masks: np.mean(np.argmax(predict(r.bnn, r.params, data.x_test, masks=masks), -1)
+                                        == data.y_test)
+    assert abs(accuracy(full, None) - accuracy(small, small.state.masks)) < 0.01

@@ -1,0 +1,133 @@
+"""The training loop: determinism, checkpoints and resume, divergence, selection on a teacher."""
+import jax
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from sparse_bnn.data import make_teacher_regression
+from sparse_bnn.fit import DivergenceError, fit, load_checkpoint, init_state
+from sparse_bnn.model import SparseBNN
+from sparse_bnn.nets import MLP
+from sparse_bnn.posterior import predict, predict_mean
+from sparse_bnn.priors import get_prior
+
+
+def small_problem(n=256, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 8)).astype(np.float32)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(np.int32)
+    return x, y
+
+
+def small_bnn(n=256, prior="ss-ghs"):
+    return SparseBNN(MLP(8, (16,), 2, rngs=nnx.Rngs(0)), get_prior(prior), n_data=n)
+
+
+def test_fit_is_deterministic_by_seed_and_learns():
+    x, y = small_problem()
+    first = fit(small_bnn(), x, y, epochs=6, batch_size=64, optimizer=optax.adam(1e-2), seed=1, progress=False)
+    second = fit(small_bnn(), x, y, epochs=6, batch_size=64, optimizer=optax.adam(1e-2), seed=1, progress=False)
+    other = fit(small_bnn(), x, y, epochs=6, batch_size=64, optimizer=optax.adam(1e-2), seed=2, progress=False)
+    assert [h["loss"] for h in first.history] == [h["loss"] for h in second.history]
+    assert [h["loss"] for h in first.history] != [h["loss"] for h in other.history]
+    assert first.history[-1]["nll"] < first.history[0]["nll"]
+    probs = predict(first.bnn, first.params, x)
+    assert np.mean(probs.argmax(-1) == y) > 0.85
+
+
+def test_resume_from_checkpoint_equals_uninterrupted(tmp_path):
+    x, y = small_problem()
+    kwargs = dict(batch_size=64, optimizer=optax.adam(1e-2), seed=3, progress=False)
+    full = fit(small_bnn(), x, y, epochs=5, **kwargs)
+    fit(small_bnn(), x, y, epochs=2, checkpoint_dir=tmp_path, **kwargs)
+    state, history = load_checkpoint(tmp_path, init_state(small_bnn(), optax.adam(1e-2)))
+    assert int(state.epoch) == 2 and len(history) == 2
+    resumed = fit(small_bnn(), x, y, epochs=5, checkpoint_dir=tmp_path, resume=True, **kwargs)
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
+    for name in full.params:
+        np.testing.assert_array_equal(resumed.params[name], full.params[name])
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
+    """A step size that overflows the parameters: the run stops with the last good state kept."""
+    x, y = small_problem()
+    fit(small_bnn(), x, y, epochs=1, batch_size=64, optimizer=optax.sgd(1e-2), progress=False,
+        checkpoint_dir=tmp_path)
+    good = (tmp_path / "checkpoint.msgpack").read_bytes()
+    with pytest.raises(DivergenceError, match="non-finite") as info:
+        fit(small_bnn(), x, y, epochs=3, batch_size=64, optimizer=optax.sgd(1e38), progress=False,
+            checkpoint_dir=tmp_path, resume=True)
+    assert int(info.value.last_good.state.epoch) == 1
+    assert "last good checkpoint (epoch 1)" in str(info.value)
+    assert (tmp_path / "checkpoint.msgpack").read_bytes() == good
+    assert all(np.all(np.isfinite(v)) for v in info.value.last_good.params.values())
+
+
+@pytest.mark.parametrize("case,match", [
+    ("length", "different lengths"), ("nan", "non-finite"), ("label", r"labels must lie in \[0, 2\)"),
+    ("shape", "do not fit the network"), ("float_label", "integers")])
+def test_bad_data_raises_before_compiling(case, match):
+    x, y = small_problem()
+    if case == "length":
+        y = y[:-1]
+    elif case == "nan":
+        x[3, 2] = np.nan
+    elif case == "label":
+        y[0] = 2
+    elif case == "shape":
+        x = x[:, :5]
+    elif case == "float_label":
+        y = y.astype(np.float32) + 0.5
+    with pytest.raises(ValueError, match=match):
+        fit(small_bnn(), x, y, epochs=1, progress=False)
+
+
+@pytest.mark.parametrize("prior", ["ss-ghs", "ss-gl"])
+def test_teacher_units_are_recovered(prior):
+    """Teacher MLP 10-3-1 (3 active units), student 10-50-1: 3..8 units kept, RMSE < 1.5 x noise."""
+    noise = 0.1
+    x_all, y_all, _ = make_teacher_regression(2000, in_features=10, hidden=3, noise=noise, seed=0)
+    x, y, x_test, y_test = x_all[:1000], y_all[:1000], x_all[1000:], y_all[1000:]
+    bnn = SparseBNN(MLP(10, (50,), 1, rngs=nnx.Rngs(0)), get_prior(prior), n_data=len(x),
+                    likelihood="gaussian")
+    result = fit(bnn, x, y, epochs=400, batch_size=200, optimizer=optax.adam(3e-2), progress=False)
+    kept = result.history[-1]["kept"]["dense0"]
+    assert 3 <= kept <= 8, result.history[-1]
+    rmse = np.sqrt(np.mean((predict_mean(bnn, result.params, x_test).reshape(-1) - np.reshape(y_test, -1)) ** 2))
+    assert rmse < 1.5 * noise, rmse
+
+
+def test_indicator_learning_rate_scales_only_the_indicator_updates():
+    from sparse_bnn.fit import svi_optimizer
+    bnn = small_bnn()
+    params = bnn.init_params()
+    grads = {k: jax.numpy.ones_like(v) for k, v in params.items()}
+    plain, slow = optax.adam(1e-2), svi_optimizer(1e-2, 1e-3)
+    u_plain, _ = plain.update(grads, plain.init(params), params)
+    u_slow, _ = slow.update(grads, slow.init(params), params)
+    for name in params:
+        factor = 0.1 if name.endswith(".z.logit") else 1.0
+        np.testing.assert_allclose(u_slow[name], factor * u_plain[name], rtol=1e-6)
+    with pytest.raises(ValueError):
+        svi_optimizer(1e-3, -1.0)
+
+
+@pytest.mark.parametrize("prior", ["ss-ghs", pytest.param("ss-gl", marks=pytest.mark.xfail(
+    reason="SS-GL keeps 95 of 200 units after 600 epochs on this schedule (93% accuracy is met, "
+           "the pruning target is not): see the closing note of issue 2", strict=False))])
+def test_digits_classification_with_most_units_switched_off(prior):
+    """sklearn digits, MLP 64-100-100-10: >= 93% test accuracy (BMA and the median-probability
+    network) with >= 50% of the hidden units switched off. Indicators learn 3x slower than the
+    weights (``svi_optimizer``), so the slab KL falls before they decide."""
+    from sparse_bnn.data import load_dataset
+    from sparse_bnn.fit import svi_optimizer
+    data = load_dataset("digits")
+    bnn = SparseBNN(MLP(64, (100, 100), 10, rngs=nnx.Rngs(0)), get_prior(prior), n_data=len(data.x_train))
+    result = fit(bnn, data.x_train, data.y_train, epochs=600, batch_size=128,
+                 optimizer=svi_optimizer(1e-2, 3e-3), progress=False)
+    kept = sum(result.history[-1]["kept"].values())
+    assert kept <= 100, result.history[-1]["kept"]  # >= 50% of the 200 hidden units off
+    bma = np.mean(predict(bnn, result.params, data.x_test).argmax(-1) == data.y_test)
+    median_model = np.mean(predict_mean(bnn, result.params, data.x_test).argmax(-1) == data.y_test)
+    assert bma >= 0.93 and median_model >= 0.93, (bma, median_model)

@@ -8,6 +8,8 @@
 #      ending with the compression table.
 #
 # Usage: scripts/main_job.sh            (again after an interruption: it resumes)
+# Learning rates: weights 3e-3, indicators 1e-3 (two time scales: with one rate for everything
+# all units switched off together by epoch 70; see the README).
 # Schedule: one epoch (58 full batches of 1024) measured at 3.4 CPU-seconds on this code, so 150
 # epochs take 4-9 minutes on 2 cores plus about a minute of compiling and evaluation; peak
 # resident memory measured 1.5 GB.
@@ -67,4 +69,4 @@ fi
 echo "== fitting SS-GHS on $DATA, MLP widths $WIDTHS, $EPOCHS epochs -> $OUT"
 # a 10% validation split puts the accuracy in the progress bar next to loss and kept units
 "${BNN[@]}" fit --data "$DATA" --net mlp --widths "$WIDTHS" --prior ss-ghs --validation-fraction 0.1 \
-    --epochs "$EPOCHS" --batch-size "$BATCH" --lr 1e-3 --seed 0 --out "$OUT" --resume
+    --epochs "$EPOCHS" --batch-size "$BATCH" --lr 3e-3 --indicator-lr 1e-3 --seed 0 --out "$OUT" --resume

@@ -297,7 +297,8 @@ def validate_data(bnn: SparseBNN, x, y) -> tuple[np.ndarray, np.ndarray]:
 def init_state(bnn: SparseBNN, optimizer: optax.GradientTransformation, seed: int = 0,
                masks: Masks | None = None, params: Mapping[str, jax.Array] | None = None) -> TrainState:
     """A fresh state (or one starting from given ``params``, e.g. for fine-tuning)."""
-    params = dict(bnn.init_params() if params is None else params)
+    # copies: the epoch donates its state, and the caller's arrays must survive it
+    params = {k: jnp.copy(v) for k, v in (bnn.init_params() if params is None else params).items()}
     masks = masks or Masks()
     masks = Masks({k: jnp.asarray(v, jnp.float32) for k, v in masks.units.items()},
                   {k: jnp.asarray(v, jnp.float32) for k, v in masks.weights.items()})

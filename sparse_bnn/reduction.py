@@ -20,6 +20,8 @@ so changing their values never recompiles the training epoch.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import time
 from pathlib import Path as FilePath
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
@@ -95,7 +97,7 @@ def live_entries(bnn: SparseBNN, masks: Masks | None = None) -> dict[str, jax.Ar
     for path, shape in bnn.shapes.items():
         site = bnn.weight_site(path)
         live[site] = jnp.ones(shape, jnp.float32) * masks.weights.get(site, 1.0)
-    for layer in bnn.layers:
+    for layer in (random_refs(bnn, l) for l in bnn.layers):
         if layer.name not in masks.units:
             continue
         unit_mask = jnp.asarray(masks.units[layer.name], jnp.float32)
@@ -139,9 +141,16 @@ def delta_f_from_posterior(bnn: SparseBNN, params: Mapping[str, jax.Array], mask
     return out
 
 
+def random_refs(bnn: SparseBNN, layer: UnitLayer) -> UnitLayer:
+    """``layer`` with only the members/consumers that are random weights (no batch statistics)."""
+    return dataclasses.replace(layer, members=tuple(m for m in layer.members if m.path in bnn.shapes),
+                               consumers=tuple(c for c in layer.consumers if c.path in bnn.shapes))
+
+
 def prunable_layers(bnn: SparseBNN) -> tuple[UnitLayer, ...]:
-    """The layers reduction may act on: every unit layer but the output layer (``prunable=False``)."""
-    return tuple(l for l in bnn.layers if l.prunable)
+    """The layers reduction may act on: every unit layer but the output layer (``prunable=False``),
+    restricted to their random weights."""
+    return tuple(random_refs(bnn, l) for l in bnn.layers if l.prunable)
 
 
 # ----------------------------------------------------------------------------------------------

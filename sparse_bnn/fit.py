@@ -428,7 +428,7 @@ def fit(bnn: SparseBNN, x, y, *, epochs: int, batch_size: int = 1024,
                            out_shardings=replicated(mesh))
         compiled = epoch_fn.lower(state, x_data, y_data).compile()
     compile_seconds = time.perf_counter() - started
-    evaluate = _validation_fn(bnn, validation, mesh)
+    evaluate = make_validation(bnn, validation, mesh)
 
     bar = None
     if progress:
@@ -471,12 +471,14 @@ def fit(bnn: SparseBNN, x, y, *, epochs: int, batch_size: int = 1024,
     return FitResult(bnn, state.params, history, state, compile_seconds)
 
 
-def _validation_fn(bnn: SparseBNN, validation, mesh: Mesh):
+def make_validation(bnn: SparseBNN, validation, mesh: Mesh | None = None) -> Callable | None:
+    """``evaluate(params, masks) -> {"val_accuracy" | "val_rmse": float}`` with the posterior-mean
+    network: what every training loop (fit, BMR, shrinking) records after an epoch."""
     if validation is None:
         return None
     from sparse_bnn.posterior import posterior_mean_params
     x_val, y_val = validate_data(bnn, *validation)
-    x_device = place(x_val, replicated(mesh))
+    x_device = jnp.asarray(x_val) if mesh is None else place(x_val, replicated(mesh))
     # x is an argument, not a closed-over constant: XLA would otherwise constant-fold it
     outputs_fn = jax.jit(lambda params, masks, x: bnn.functional.apply(
         posterior_mean_params(bnn, params, masks=masks)[0], x))

@@ -33,7 +33,8 @@ import optax
 
 from sparse_bnn import bmr
 from sparse_bnn.fit import (DivergenceError, FitResult, TrainState, init_state,
-                            kept_units, load_checkpoint, make_epoch, make_step, save_checkpoint,
+                            kept_units, load_checkpoint, make_epoch, make_step, make_validation,
+                            save_checkpoint,
                             validate_data)
 from sparse_bnn.guide import softplus
 from sparse_bnn.model import Masks, SparseBNN
@@ -431,7 +432,7 @@ def fit_with_bmr(bnn: SparseBNN, x, y, *, mode: str = "elementwise", warmup_epoc
     compiled = epoch_fn.lower(state, x_device, y_device).compile()
     compiled_reduce = reduce_fn.lower(state.params, state.masks).compile()
     compile_seconds = time.perf_counter() - started
-    evaluate = _validation(bnn, validation)
+    evaluate = make_validation(bnn, validation)
     total_weights = sum(int(np.prod(s)) for s in bnn.shapes.values())
     count_live = jax.jit(lambda m: sum(jnp.sum(v) for v in live_entries(bnn, m).values()))
 
@@ -489,21 +490,3 @@ def fit_with_bmr(bnn: SparseBNN, x, y, *, mode: str = "elementwise", warmup_epoc
     return FitResult(bnn, state.params, history, state, compile_seconds)
 
 
-def _validation(bnn: SparseBNN, validation) -> Callable | None:
-    """``(params, masks) -> {"val_accuracy" | "val_rmse": float}`` with the posterior-mean network
-    (the same records as :func:`sparse_bnn.fit.fit`)."""
-    if validation is None:
-        return None
-    from sparse_bnn.posterior import posterior_mean_params
-    x_val, y_val = validate_data(bnn, *validation)
-    x_device = jnp.asarray(x_val)
-    outputs_fn = jax.jit(lambda params, masks: bnn.functional.apply(
-        posterior_mean_params(bnn, params, masks=masks)[0], x_device))
-
-    def evaluate(params, masks):
-        outputs = np.asarray(outputs_fn(params, masks))
-        if bnn.likelihood == "categorical":
-            return {"val_accuracy": float(np.mean(np.argmax(outputs, -1) == y_val))}
-        return {"val_rmse": float(np.sqrt(np.mean((outputs.reshape(y_val.shape) - y_val) ** 2)))}
-
-    return evaluate

@@ -61,7 +61,8 @@ import numpy as np
 import optax
 
 from sparse_bnn.fit import (DivergenceError, FitResult, TrainState, init_state,
-                            kept_units, load_checkpoint, make_epoch, make_step, save_checkpoint,
+                            kept_units, load_checkpoint, make_epoch, make_step, make_validation,
+                            save_checkpoint,
                             validate_data)
 from sparse_bnn.model import Masks, SparseBNN
 from sparse_bnn.nets.base import unit_broadcast
@@ -393,26 +394,6 @@ def _physical_keep(alive: np.ndarray, target: int) -> np.ndarray:
     return keep
 
 
-def _validation_fn(bnn: SparseBNN, validation) -> Callable | None:
-    """``evaluate(params, masks) -> {"val_accuracy"|"val_rmse": float}`` with the posterior-mean
-    network (what fit records), compiled for ``bnn``'s widths."""
-    if validation is None:
-        return None
-    from sparse_bnn.posterior import posterior_mean_params
-    x_val, y_val = validate_data(bnn, *validation)
-    x_device = jnp.asarray(x_val)
-    outputs_fn = jax.jit(lambda params, masks: bnn.functional.apply(
-        posterior_mean_params(bnn, params, masks=masks)[0], x_device))
-
-    def evaluate(params, masks):
-        outputs = np.asarray(outputs_fn(params, masks))
-        if bnn.likelihood == "categorical":
-            return {"val_accuracy": float(np.mean(np.argmax(outputs, -1) == y_val))}
-        return {"val_rmse": float(np.sqrt(np.mean((outputs.reshape(y_val.shape) - y_val) ** 2)))}
-
-    return evaluate
-
-
 def _write_json(directory: Path, name: str, payload: dict) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
@@ -508,7 +489,7 @@ def fit_shrinking(bnn: SparseBNN, x, y, *, epochs: int, shrink: ShrinkSchedule =
         compiled = epoch_fn.lower(template, x_device, y_device).compile()
         compile_seconds += time.perf_counter() - started
         tracker.compilations += 1
-        return compiled, _validation_fn(model, validation)
+        return compiled, make_validation(model, validation)
 
     compiled, evaluate = compile_for(bnn, state)
     bar = None

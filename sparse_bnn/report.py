@@ -82,12 +82,16 @@ def count_params(net: nnx.Module) -> int:
 
 
 def forward_latency(nets: Sequence[nnx.Module], input_shape: Sequence[int], batch_size: int,
-                    repeats: int = 20, warmup: int = 3, seed: int = 0) -> list[float]:
+                    repeats: int = 20, warmup: int = 3, seed: int = 0, block: int = 10) -> list[float]:
     """Median wall-clock seconds of one jitted forward pass of each network at ``batch_size``.
 
-    After ``warmup`` calls each, the networks are called in turn ``repeats`` times, so that on a
-    shared machine every network sees the same load; returns one median per network.
+    After ``warmup`` calls each, the networks take turns: in each of ``repeats`` rounds every
+    network runs a block of ``block`` consecutive calls, and the first call of a block (which
+    finds the caches filled by the other network) is not recorded. Turns keep a shared machine's
+    load alike for all networks; blocks measure the steady state a deployed network runs in.
     """
+    if block < 2:
+        raise ValueError(f"block must be >= 2 (the first call of a block is discarded), got {block}")
     x = jax.random.normal(jax.random.key(seed), (batch_size, *input_shape))
     calls = []
     for net in nets:
@@ -99,9 +103,11 @@ def forward_latency(nets: Sequence[nnx.Module], input_shape: Sequence[int], batc
     times: list[list[float]] = [[] for _ in nets]
     for _ in range(repeats):
         for (forward, state), record in zip(calls, times):
-            start = time.perf_counter()
-            jax.block_until_ready(forward(state, x))
-            record.append(time.perf_counter() - start)
+            for call in range(block):
+                start = time.perf_counter()
+                jax.block_until_ready(forward(state, x))
+                if call > 0:
+                    record.append(time.perf_counter() - start)
     return [statistics.median(record) for record in times]
 
 

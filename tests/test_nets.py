@@ -226,6 +226,57 @@ def test_unit_layers_consistent(cls):
             assert consumer.interleave * layer.units == size, (layer.name, consumer.path)
 
 
+def scale_governed_entries(net, layer_name: str, unit: int) -> int:
+    """Entries of the effective parameters that SS-GL's ``tau2`` of one unit multiplies.
+
+    Every ``w~`` is 1 and every ``tau2`` is 1 except the unit's, which is 0: the entries that
+    come out zero are exactly the weights in the unit's group.
+    """
+    from sparse_bnn.model import SparseBNN
+    from sparse_bnn.priors import get_prior
+
+    bnn = SparseBNN(net, get_prior("ss-gl"), n_data=100)
+    values = {bnn.weight_site(path): jnp.ones(shape) for path, shape in bnn.shapes.items()}
+    for layer in bnn.layers:
+        values[f"{layer.name}.z"] = jnp.ones(layer.units)
+        values[f"{layer.name}.tau2"] = jnp.ones(layer.units).at[unit].set(
+            0.0 if layer.name == layer_name else 1.0)
+    return sum(int(np.sum(np.asarray(w) == 0.0)) for w in bnn.effective_params(values).values())
+
+
+@pytest.mark.parametrize("cls", ARCHITECTURES + [MLP])
+def test_group_size_counts_the_weights_a_unit_scale_multiplies(cls):
+    if cls is MLP:
+        net = MLP(5, (4, 3), 2, rngs=nnx.Rngs(0))
+    else:
+        net = cls.from_config(cls.example_config(), nnx.Rngs(0))
+    for layer in net.unit_layers():
+        for unit in {0, layer.units - 1}:
+            assert layer.group_size == scale_governed_entries(net, layer.name, unit), (layer.name, unit)
+
+
+def test_group_size_hand_counts():
+    vit = VisionTransformer.from_config(VisionTransformer.example_config(), nnx.Rngs(0))
+    d, head_dim = vit.embed_dim, vit.head_dim
+    heads = {l.name: l for l in vit.unit_layers()}["block0_heads"]
+    assert heads.group_size == 3 * (d * head_dim + head_dim)  # query, key, value kernels and biases
+
+    resnet = ResNet.from_config(ResNet.example_config(), nnx.Rngs(0))
+    layers = {l.name: l for l in resnet.unit_layers()}
+    c_in, widths, blocks = resnet.in_channels, resnet.widths, resnet.block_widths
+    # stream 0: the stem conv and the second conv of blocks 0-2 write into it, each + BN scale/offset
+    assert layers["stream0"].group_size == 9 * c_in + 2 + sum(9 * b + 2 for b in blocks[0:3])
+    # stream 1: the 1x1 shortcut conv (reads stream 0) and the second conv of blocks 3-5
+    assert layers["stream1"].group_size == widths[0] + 2 + sum(9 * b + 2 for b in blocks[3:6])
+    assert layers["block3"].group_size == 9 * widths[0] + 2  # reads stream 0 (stride 2)
+    assert layers["block4"].group_size == 9 * widths[1] + 2
+    assert layers["head"].group_size == widths[2] + 1
+
+    lenet = LeNet5Caffe.from_config(LeNet5Caffe.example_config(), nnx.Rngs(0))
+    for layer in lenet.unit_layers():
+        assert layer.group_size == layer.fan_in + 1  # a column (filter) and its bias
+
+
 @pytest.mark.parametrize("cls", ARCHITECTURES)
 def test_config_with_units_shrinks_the_named_axes(cls):
     net = nnx.eval_shape(lambda: cls.from_config(cls.example_config(), nnx.Rngs(0)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 from flax import nnx
 
 from sparse_bnn.nets.base import (FunctionalNet, ParamAxis, SparseNet, UnitLayer, flatten_paths,
-                                  pure_params, unflatten_paths)
+                                  pure_params, unflatten_paths, with_group_sizes)
 from sparse_bnn.nets.lenet import LeNet5, LeNet5Caffe
 from sparse_bnn.nets.mixer import MLPMixer
 from sparse_bnn.nets.mlp import MLP

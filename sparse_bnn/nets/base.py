@@ -15,6 +15,7 @@ embeddings, ...) is a *free* parameter: plain Gaussian prior, never pruned.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Protocol, Sequence
 
 import jax
@@ -51,6 +52,8 @@ class UnitLayer:
       prunable: ``False`` for the output layer (shrinkage without an indicator).
       inactive_output: what a removed unit still sends downstream (``activation(0)``; 0 for
         SiLU/ReLU/tanh/GELU, 0.5 for sigmoid). Pruning folds it into the consumers' biases.
+      weights_per_unit: random weights one unit owns, counted over its ``nnx.Param`` members
+        by :func:`with_group_sizes`; ``None`` for a layer built by hand (see ``group_size``).
     """
 
     name: str
@@ -60,12 +63,50 @@ class UnitLayer:
     consumers: tuple[ParamAxis, ...] = ()
     prunable: bool = True
     inactive_output: float = 0.0
+    weights_per_unit: int | None = None
 
     @property
     def group_size(self) -> int:
-        """``m_l``: fan-in plus one for a bias (``math.md`` §1)."""
+        """``m_l``: the random weights in one unit's group (``math.md`` §1).
+
+        Counted from the parameter shapes when the net set ``weights_per_unit`` (every net in
+        :mod:`sparse_bnn.nets` does: an attention head owns its query, key and value weights, a
+        residual-stream channel the filters of every conv writing into it and their BN scales
+        and offsets). A layer built by hand falls back to the dense/conv rule: fan-in plus one
+        for a bias.
+        """
+        if self.weights_per_unit is not None:
+            return self.weights_per_unit
         has_bias = any(m.path[-1] == "bias" for m in self.members)
         return self.fan_in + int(has_bias)
+
+
+def with_group_sizes(net: nnx.Module, layers: Sequence[UnitLayer]) -> tuple[UnitLayer, ...]:
+    """``layers`` with ``weights_per_unit`` counted from ``net``'s parameter shapes.
+
+    A member array ``[..., units * interleave, ...]`` gives each unit ``size / units`` entries;
+    members that are not ``nnx.Param`` (batch-norm running statistics) are not random weights
+    and count nothing.
+    """
+    param_shapes = {p: tuple(v.shape) for p, v in flatten_paths(pure_params(net)).items()}
+    state_paths = set(flatten_paths(nnx.to_pure_dict(nnx.state(net))))
+    out = []
+    for layer in layers:
+        count = 0
+        for member in layer.members:
+            if member.path not in param_shapes:
+                if member.path in state_paths:
+                    continue
+                raise ValueError(f"layer {layer.name} names parameter {path_name(member.path)}, "
+                                 "which the network does not have; fix its unit_layers()")
+            shape = param_shapes[member.path]
+            if shape[member.axis] != layer.units * member.interleave:
+                raise ValueError(
+                    f"layer {layer.name}: axis {member.axis} of {path_name(member.path)} {shape} "
+                    f"should have {layer.units} units x interleave {member.interleave} entries")
+            count += math.prod(shape) // layer.units
+        out.append(dataclasses.replace(layer, weights_per_unit=count))
+    return tuple(out)
 
 
 class SparseNet(Protocol):

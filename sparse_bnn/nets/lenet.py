@@ -25,7 +25,7 @@ from typing import Sequence
 import jax
 from flax import nnx
 
-from sparse_bnn.nets.base import ParamAxis, UnitLayer, check_widths
+from sparse_bnn.nets.base import ParamAxis, UnitLayer, check_widths, with_group_sizes
 from sparse_bnn.nets.mlp import get_activation
 
 KERNEL_SIZE = 5
@@ -138,7 +138,7 @@ class ConvNet(nnx.Module):
                 members=(ParamAxis(("dense", i, "kernel"), 1), ParamAxis(("dense", i, "bias"), 0)),
                 consumers=() if last else (ParamAxis(("dense", i + 1, "kernel"), 0),),
                 prunable=not last))
-        return tuple(out)
+        return with_group_sizes(self, out)
 
     @property
     def config(self) -> dict:

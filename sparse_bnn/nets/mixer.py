@@ -18,7 +18,7 @@ from typing import Sequence
 import jax
 from flax import nnx
 
-from sparse_bnn.nets.base import ParamAxis, UnitLayer, check_widths
+from sparse_bnn.nets.base import ParamAxis, UnitLayer, check_widths, with_group_sizes
 from sparse_bnn.nets.vit import check_input, check_patches, patchify, per_block
 
 
@@ -98,7 +98,7 @@ class MLPMixer(nnx.Module):
             name="head", units=self.num_classes, fan_in=self.embed_dim,
             members=(ParamAxis(("head", "kernel"), 1), ParamAxis(("head", "bias"), 0)),
             prunable=False))
-        return tuple(out)
+        return with_group_sizes(self, out)
 
     @property
     def config(self) -> dict:

@@ -6,7 +6,7 @@ from typing import Sequence
 import jax
 from flax import nnx
 
-from sparse_bnn.nets.base import ParamAxis, UnitLayer, check_widths
+from sparse_bnn.nets.base import ParamAxis, UnitLayer, check_widths, with_group_sizes
 
 ACTIVATIONS = {
     "silu": nnx.silu,
@@ -64,7 +64,7 @@ class MLP(nnx.Module):
                 members=(ParamAxis(("layers", i, "kernel"), 1), ParamAxis(("layers", i, "bias"), 0)),
                 consumers=consumers, prunable=i + 1 < n,
                 inactive_output=float(self.act(0.0))))
-        return tuple(out)
+        return with_group_sizes(self, out)
 
     @property
     def config(self) -> dict:

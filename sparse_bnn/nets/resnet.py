@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sparse_bnn.nets.base import ParamAxis, UnitLayer, check_widths
+from sparse_bnn.nets.base import ParamAxis, UnitLayer, check_widths, with_group_sizes
 from sparse_bnn.nets.lenet import zero_preserving_activation
 
 BN_MOMENTUM = 0.9
@@ -186,7 +186,7 @@ class ResNet(nnx.Module):
             name="head", units=self.num_classes, fan_in=self.widths[-1],
             members=(ParamAxis(("head", "kernel"), 1), ParamAxis(("head", "bias"), 0)),
             prunable=False))
-        return tuple(out)
+        return with_group_sizes(self, out)
 
     def _block_layer(self, i: int) -> UnitLayer:
         stage = self.stage_of(i)

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sparse_bnn.nets.base import ParamAxis, UnitLayer, check_widths
+from sparse_bnn.nets.base import ParamAxis, UnitLayer, check_widths, with_group_sizes
 
 
 def patchify(x: jax.Array, patch_size: int) -> jax.Array:
@@ -192,7 +192,7 @@ class VisionTransformer(nnx.Module):
             name="head", units=self.num_classes, fan_in=self.embed_dim,
             members=(ParamAxis(("head", "kernel"), 1), ParamAxis(("head", "bias"), 0)),
             prunable=False))
-        return tuple(out)
+        return with_group_sizes(self, out)
 
     @property
     def config(self) -> dict:

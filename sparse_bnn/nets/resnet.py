@@ -17,7 +17,8 @@ Unit layers (the pruning rule for the residual stream):
   convs and their BNs; its consumers are everything that reads the stream (the first convs of
   the stage's blocks, the first conv and the shortcut conv of the next stage's first block,
   or the classifier). ``fan_in`` is the number of kernel entries one stream unit owns (the
-  sum of its writers' ``C_in * kh * kw``).
+  sum of its writers' ``C_in * kh * kw``); its ``group_size`` adds each writer's BN scale
+  and offset (running statistics are not random weights).
 * ``head``: the classifier (not prunable).
 
 Removing a stream channel zeroes it in every writer, so the sum stays exactly zero

@@ -11,7 +11,9 @@ Unit layers, per block ``i``:
   ``[heads, head_dim, D]``, so head ``h`` is index ``h`` of the heads axis: its members are
   its query, key and value weights and biases; its consumers are the output projection's rows
   for that head. A removed head has zero values, so it adds exactly zero. ``fan_in`` is ``D``
-  (a head reads the ``D``-dimensional token), the analogue of a dense layer's ``k_{l-1}``.
+  (a head reads the ``D``-dimensional token), the analogue of a dense layer's ``k_{l-1}``;
+  the head's group (``group_size``) is its query, key and value weights and biases,
+  ``3 * head_dim * (D + 1)`` (the output rows are consumers, outside the group).
 * ``block{i}_mlp``: the hidden nodes of the block's MLP (``gelu(0) = 0``); consumers are the
   rows of the MLP's second dense layer.
 

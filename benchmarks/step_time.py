@@ -10,7 +10,8 @@ ratio to the deterministic step is the median of the per-round ratios.
 
     python benchmarks/step_time.py                # MLP 784-400-400-10, batch 1024, all priors
     python benchmarks/step_time.py --quick        # fewer rounds and steps
-    python benchmarks/step_time.py --net lenet5-caffe --priors ss-ghs gaussian
+    python benchmarks/step_time.py --net lenet5-caffe --priors ss-ghs ss-gl gaussian
+    python benchmarks/step_time.py --net resnet20 --priors ss-ghs ss-gl gaussian --quick   # batch 128
     python benchmarks/step_time.py --also-rng threefry-nonpartitionable   # extra rows, another RNG
     python benchmarks/step_time.py --pairwise-noise   # extra rows, SparseBNN(partitionable_noise=False)
 
@@ -19,7 +20,8 @@ RNG settings (they change the random streams, so they are options, never silent 
 ``jax_threefry_partitionable=False`` (one 64-bit hash per two normals instead of one per normal);
 ``rbg``/``unsafe_rbg`` set ``jax_default_prng_impl`` (XLA's RngBitGenerator; very slow on CPU).
 
-Writes ``benchmarks/results/step_time.json`` (or ``--out``).
+Writes ``benchmarks/results/step_time.json`` for the MLP and ``step_time_<net>.json`` for the
+other nets (or ``--out``).
 """
 from __future__ import annotations
 
@@ -213,10 +215,13 @@ def main(argv=None) -> None:
                         help="extra rows: --also-rng-priors with SparseBNN(partitionable_noise=False)")
     parser.add_argument("--also-rng-priors", nargs="+", default=["ss-ghs", "ss-gl"], choices=list(PRIORS))
     parser.add_argument("--quick", action="store_true", help="10 steps, 3 rounds, 1 warm-up epoch")
-    parser.add_argument("--out", type=Path, default=RESULTS / "step_time.json")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: results/step_time.json (mlp), results/step_time_<net>.json")
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.rounds, args.warmup = 10, 3, 1
+    if args.out is None:
+        args.out = RESULTS / ("step_time.json" if args.net == "mlp" else f"step_time_{args.net}.json")
     report = run(args)
     print_table(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -113,19 +113,48 @@ def test_indicator_learning_rate_scales_only_the_indicator_updates():
         svi_optimizer(1e-3, -1.0)
 
 
-@pytest.mark.parametrize("prior", ["ss-ghs", pytest.param("ss-gl", marks=pytest.mark.xfail(
-    reason="SS-GL keeps 95 of 200 units after 600 epochs on this schedule (93% accuracy is met, "
-           "the pruning target is not): see the closing note of issue 2", strict=False))])
+DIGITS_SETTINGS = dict(rho_init=-3.0, learning_rate=1e-2, epochs=600, batch_size=128)
+
+
+def fit_digits(prior: str, seed: int = 0):
+    """MLP 64-100-100-10 with ``prior`` fitted to sklearn digits with :data:`DIGITS_SETTINGS`
+    (Adam at one rate for every parameter, indicators included). Returns ``(data, FitResult)``."""
+    from sparse_bnn.data import load_dataset
+    data = load_dataset("digits")
+    bnn = SparseBNN(MLP(64, (100, 100), 10, rngs=nnx.Rngs(seed)), get_prior(prior),
+                    n_data=len(data.x_train), rho_init=DIGITS_SETTINGS["rho_init"])
+    result = fit(bnn, data.x_train, data.y_train, epochs=DIGITS_SETTINGS["epochs"],
+                 batch_size=DIGITS_SETTINGS["batch_size"], seed=seed,
+                 optimizer=optax.adam(DIGITS_SETTINGS["learning_rate"]), progress=False)
+    return data, result
+
+
+@pytest.mark.parametrize("prior", ["ss-ghs", "ss-gl"])
 def test_digits_classification_with_most_units_switched_off(prior):
     """sklearn digits, MLP 64-100-100-10: >= 93% test accuracy (BMA and the median-probability
-    network) with >= 50% of the hidden units switched off. Indicators learn 3x slower than the
-    weights (``svi_optimizer``), so the slab KL falls before they decide."""
-    from sparse_bnn.data import load_dataset
-    from sparse_bnn.fit import svi_optimizer
-    data = load_dataset("digits")
-    bnn = SparseBNN(MLP(64, (100, 100), 10, rngs=nnx.Rngs(0)), get_prior(prior), n_data=len(data.x_train))
-    result = fit(bnn, data.x_train, data.y_train, epochs=600, batch_size=128,
-                 optimizer=svi_optimizer(1e-2, 3e-3), progress=False)
+    network) with >= 50% of the 200 hidden units switched off.
+
+    Settings (:data:`DIGITS_SETTINGS`), one for both priors: ``rho_init = -3``, Adam 1e-2 for
+    every parameter *including the indicators*, 600 epochs of batch 128 (11 steps each).
+
+    * ``rho_init = -3`` (std 0.049) instead of -6 (std 0.0025): the slab KL of a weight starts at
+      ``log(1/std) ~ 3`` nats instead of ~6, so the early pull towards switching off is halved.
+    * Indicators at the weights' rate, not slower: SS-GL cannot switch a unit off through its
+      scale. ``tau2 ~ Gamma((m+1)/2, lam2/2)`` with ``m = 64`` or ``100`` inputs has a coefficient
+      of variation ``sqrt(2/(m+1)) < 0.18`` (``math.md`` §2), so all units keep about the same
+      scale and only the indicator prunes; the SS-GHS half-Cauchy local scales can shrink a unit
+      on their own. Measured with ``svi_optimizer(1e-2, indicator rate)``, SS-GL, seed 0, kept
+      units after 600 epochs: rate 3e-3 -> 195 (rho -6) / 198 (rho -3); 5e-3 -> 97 / 144;
+      1e-2 -> 22 (rho -6: a whole-layer collapse to 5 + 1 units at epoch 50 that partly
+      recovers, 91% accuracy) / 56 (rho -3: a gradual decline, 96%). SS-GHS passes at 3e-3 and
+      at 1e-2 (rho -3: 24 and 16 units, 95%).
+    * Measured with these settings (seeds 0 / 1 / 2 for init and training; kept units, BMA /
+      median-model accuracy in %): SS-GHS 16, 15, 13 units, 95.0/95.5, 94.7/94.7, 94.7/95.5;
+      SS-GL 56, 53, 49 units, 96.4/96.7, 94.7/95.8, 94.4/94.7. The narrowest margin is 1.4
+      accuracy points (5 of 359 test digits); units: >= 44 below the limit of 100.
+    """
+    data, result = fit_digits(prior)
+    bnn = result.bnn
     kept = sum(result.history[-1]["kept"].values())
     assert kept <= 100, result.history[-1]["kept"]  # >= 50% of the 200 hidden units off
     bma = np.mean(predict(bnn, result.params, data.x_test).argmax(-1) == data.y_test)

@@ -149,8 +149,9 @@ def run(name: str, repeats: int, warmup: int, block: int = 10, seed: int = 0) ->
                          "flop_ratio": flop_ratio, "dense_ms": 1e3 * dense_latency,
                          "compact_ms": 1e3 * latency, "speedup": speedup,
                          "efficiency": speedup / flop_ratio})
-            print(f"  {name} kept {100 * density:.0f}% batch {batch_size}: speedup {speedup:.2f}x, "
-                  f"FLOP ratio {flop_ratio:.2f}x", flush=True)
+            if name != "mlp":  # progress on the slow nets (the MLP prints its table only)
+                print(f"  {name} kept {100 * density:.0f}% batch {batch_size}: speedup {speedup:.2f}x, "
+                      f"FLOP ratio {flop_ratio:.2f}x", flush=True)
     result = {"device": str(jax.devices()[0]), "platform": platform.platform(),
               "jax_version": jax.__version__, "repeats": repeats, "warmup": warmup}
     if name == "mlp":
@@ -168,7 +169,9 @@ def table(result: dict) -> str:
     else:
         title = result["title"]
         head = f"{'kept':>6} {'masked FLOPs':>13} {'compact FLOPs':>14}"
-    lines = [f"{title} on {result['device']} (median of {result['repeats']} jitted calls)",
+    calls = (f"{result['repeats']}" if "net" not in result else
+             f"{result['repeats']} turns x {result['block'] - 1}")
+    lines = [f"{title} on {result['device']} (median of {calls} jitted calls)",
              f"{head} {'batch':>6} {'FLOP ratio':>11} {'dense ms':>10} "
              f"{'compact ms':>11} {'speedup':>8} {'speedup/FLOP ratio':>19}"]
     for r in result["rows"]:

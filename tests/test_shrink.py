@@ -320,42 +320,70 @@ def test_fit_shrinking_removes_and_shrinks(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skip(reason="schedule not tuned yet: with Adam 1e-3 / indicators 5e-2 no digits unit "
-                         "reaches gamma < 1e-3 within 80 epochs (11 steps each), so nothing is removed; "
-                         "needs a longer run or fit.svi_optimizer's slower-indicator schedule")
 def test_digits_with_and_without_shrinking_agree():
     """MLP 64-100-100-10, SS-GHS on digits, same seed, with and without shrinking.
 
-    Until the first removal both runs are the same computation (all-ones unit masks), so their
-    losses agree to float32 rounding. Afterwards they are two runs of the same model: removed
-    units had ``gamma < 1e-3`` for ``patience`` epochs (the full run keeps sampling them with
-    probability < 1e-3 per step), and once widths change the guide's noise draws differ (the
-    same key, other shapes), so the kept units agree up to the run-to-run spread of the median
-    model: we allow 15% of a layer's kept units plus 2, and 1 point of test accuracy.
+    Settings as ``tests/test_fit.py::DIGITS_SETTINGS`` (rho_init -3, Adam 1e-2 for everything,
+    600 epochs of batch 128). Removal threshold: ``gamma < 0.02`` for 5 epochs after 50. Not the
+    default 1e-3: here ``lambda_l ~ 1/100``, and a unit the data no longer uses relaxes towards
+    its prior, ``gamma -> lambda_l`` (its slab KL goes to 0, so only the Bernoulli KL acts on it);
+    it sinks below that only slowly (the lowest of 92 switched-off units is at 1.4e-3 after 600
+    epochs), so at 1e-3 nothing is removed. ``0.02 = 2 lambda_l``: posterior odds at twice the
+    prior's, while kept units sit above 0.5.
+
+    Agreement. Until the first removal both runs are the same computation (all-ones unit masks),
+    so their losses agree to float32 rounding. Afterwards the guide's noise draws differ (same
+    key, other shapes), so they are two runs of the same model, compared as such:
+
+    * every unit shrinking removed is switched off (``gamma < 0.5``) at the end of the full run;
+    * kept units per layer (median model): counts within 15% + 1 of the full run's, and at least
+      80% of the smaller set kept by both;
+    * test accuracy of the median model and of BMA (50 samples, to keep the Monte-Carlo spread of
+      the comparison small) within 1 point.
+
+    Measured (seed 0): first removal at epoch 144, 3 shrinks (100/100 -> 48/96 -> 32/48 -> 16/32),
+    169 units removed (86 + 83), none kept by the full run; kept 8/8 (full) and 8/7 (shrinking),
+    all 15 shared; median-model accuracy 95.5% in both, BMA 95.3% / 95.0% (0.3 points apart;
+    with 10 samples the gap was 0.8). Test time ~200 s on the loaded 2-core machine: 4
+    compilations of ~35 s each dominate.
     """
     from sparse_bnn.data import load_dataset
-    from sparse_bnn.fit import fit, kept_units
-    from sparse_bnn.posterior import predict
+    from sparse_bnn.fit import fit
+    from sparse_bnn.posterior import keep_masks, predict, predict_mean
 
     data = load_dataset("digits")
     n = data.x_train.shape[0]
 
     def model():
-        return SparseBNN(MLP(64, (100, 100), 10, rngs=nnx.Rngs(0)), get_prior("ss-ghs"), n_data=n)
+        return SparseBNN(MLP(64, (100, 100), 10, rngs=nnx.Rngs(0)), get_prior("ss-ghs"), n_data=n,
+                         rho_init=-3.0)
 
-    kwargs = dict(epochs=80, batch_size=128, seed=0, progress=False,
-                  optimizer=adam_with_indicator_rate(1e-3, 0.05))
+    kwargs = dict(epochs=600, batch_size=128, seed=0, progress=False, optimizer=optax.adam(1e-2))
     full = fit(model(), data.x_train, data.y_train, **kwargs)
-    small = fit_shrinking(model(), data.x_train, data.y_train,
-                          shrink=ShrinkSchedule(warmup_epochs=5, patience=3), **kwargs)
+    schedule = ShrinkSchedule(warmup_epochs=50, threshold=0.02, patience=5, bucket=16, shrink_factor=0.5)
+    small = fit_shrinking(model(), data.x_train, data.y_train, shrink=schedule, **kwargs)
+
+    assert small.removed, "shrinking removed nothing"
+    assert small.compilations >= 2 and small.history[-1]["widths"]["dense0"] < 100
     first_removal = min(event["epoch"] for event in small.removed)
-    assert small.compilations >= 2
     for a, b in zip(full.history[:first_removal], small.history[:first_removal]):
         np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-5)
-    kept_full = kept_units(full.bnn, full.params)
-    kept_small = kept_units(small.bnn, small.params, masks=small.state.masks)
-    for name, count in kept_full.items():
-        assert abs(kept_small[name] - count) <= 0.15 * count + 2, (kept_full, kept_small)
-    accuracy = lambda r, masks: np.mean(np.argmax(predict(r.bnn, r.params, data.x_test, masks=masks), -1)
-                                        == data.y_test)
-    assert abs(accuracy(full, None) - accuracy(small, small.state.masks)) < 0.01
+
+    full_keep = {k: np.asarray(v) for k, v in keep_masks(full.bnn, full.params, 0.5).items()}
+    small_keep = keep_masks(small.bnn, small.params, 0.5, small.state.masks)
+    for name in ("dense0", "dense1"):
+        removed = [u for event in small.removed if event["layer"] == name for u in event["units"]]
+        assert not full_keep[name][removed].any(), (name, np.flatnonzero(full_keep[name][removed]))
+        kept_full = set(np.flatnonzero(full_keep[name]).tolist())
+        kept_small = {int(u) for u in small.unit_origin[name][np.asarray(small_keep[name])]}
+        assert abs(len(kept_small) - len(kept_full)) <= 0.15 * len(kept_full) + 1, (kept_full, kept_small)
+        assert len(kept_full & kept_small) >= 0.8 * min(len(kept_full), len(kept_small)), (kept_full, kept_small)
+
+    def accuracies(result, masks):
+        bma = predict(result.bnn, result.params, data.x_test, n_samples=50, masks=masks)
+        median_model = predict_mean(result.bnn, result.params, data.x_test, masks=masks)
+        return np.array([np.mean(p.argmax(-1) == data.y_test) for p in (bma, median_model)])
+
+    full_accuracy, small_accuracy = accuracies(full, None), accuracies(small, small.state.masks)
+    assert np.all(np.abs(full_accuracy - small_accuracy) < 0.01), (full_accuracy, small_accuracy)
+    assert np.all(full_accuracy >= 0.93), full_accuracy

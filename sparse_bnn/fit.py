@@ -430,45 +430,80 @@ def fit(bnn: SparseBNN, x, y, *, epochs: int, batch_size: int = 1024,
     compile_seconds = time.perf_counter() - started
     evaluate = make_validation(bnn, validation, mesh)
 
+    def finish_epoch(state: TrainState, record: dict) -> TrainState:
+        record["kept"] = kept_units(bnn, state.params, masks=state.masks)
+        if evaluate is not None:
+            record.update(evaluate(state.params, state.masks))
+        return state
+
+    state = run_epochs(
+        state, history, epochs=epochs, run_epoch=lambda state: compiled(state, x_data, y_data),
+        finish_epoch=finish_epoch,
+        result=lambda state: FitResult(bnn, state.params, history, state, compile_seconds),
+        checkpoint_dir=checkpoint_dir, callbacks=callbacks, progress=progress)
+    return FitResult(bnn, state.params, history, state, compile_seconds)
+
+
+def run_epochs(state: TrainState, history: list[dict], *, epochs: int,
+               run_epoch: Callable[[TrainState], tuple[TrainState, EpochStats]],
+               finish_epoch: Callable[[TrainState, dict], TrainState],
+               result: Callable[[TrainState], Any],
+               checkpoint_dir: str | Path | None = None,
+               save: Callable[[TrainState, list[dict]], None] | None = None,
+               callbacks: Sequence[Callable[[int, dict, TrainState], None]] = (),
+               progress: bool = False, description: str = "epochs",
+               postfix: Callable[[dict], dict] = lambda record: {}) -> TrainState:
+    """The epoch loop every training function shares (fit, BMR, shrinking).
+
+    Each epoch: ``run_epoch(state) -> (state, stats)``; a non-finite loss raises
+    :class:`DivergenceError` holding ``result(last_good_state)``; ``finish_epoch(state, record)``
+    completes the history record (kept units, validation, pruning...) and may return a changed
+    state; then the record is appended, a checkpoint written (``save(state, history)``, by
+    default :func:`save_checkpoint` into ``checkpoint_dir``), callbacks called and the progress
+    bar advanced. ``run_epoch`` and ``result`` may close over variables that ``finish_epoch``
+    changes (shrinking swaps the model and its compiled epoch). Returns the final state.
+    """
+    if save is None and checkpoint_dir is not None:
+        save = lambda state, history: save_checkpoint(checkpoint_dir, state, history)
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=epochs, initial=int(state.epoch), desc="epochs", unit="epoch")
-    while int(state.epoch) < epochs:
-        last_good = jax.tree_util.tree_map(jnp.copy, state)
-        started = time.perf_counter()
-        new_state, stats = compiled(state, x_data, y_data)
-        stats = jax.device_get(stats)
-        seconds = time.perf_counter() - started
-        if not all(np.isfinite(v) for v in stats):
-            epoch = int(last_good.epoch) + 1
-            where = f"; the last good checkpoint (epoch {int(last_good.epoch)}) is in {checkpoint_dir}" \
-                if checkpoint_dir is not None else ""
+        bar = tqdm(total=epochs, initial=int(state.epoch), desc=description, unit="epoch")
+    try:
+        while int(state.epoch) < epochs:
+            last_good = jax.tree_util.tree_map(jnp.copy, state)
+            started = time.perf_counter()
+            new_state, stats = run_epoch(state)
+            stats = jax.device_get(stats)
+            seconds = time.perf_counter() - started
+            if not all(np.isfinite(v) for v in stats):
+                where = (f"; the last good checkpoint (epoch {int(last_good.epoch)}) is in {checkpoint_dir}"
+                         if checkpoint_dir is not None else "")
+                raise DivergenceError(
+                    f"the loss became non-finite in epoch {int(last_good.epoch) + 1} (loss={stats.loss}, "
+                    f"nll={stats.nll}, kl={stats.kl}); training stopped{where}. Try a smaller learning rate.",
+                    result(last_good))
+            state = new_state
+            record = {"epoch": int(state.epoch), "loss": float(stats.loss), "nll": float(stats.nll),
+                      "kl": float(stats.kl), "seconds": seconds}
+            state = finish_epoch(state, record)
+            history.append(record)
+            if save is not None:
+                save(state, history)
+            for callback in callbacks:
+                callback(int(state.epoch), record, state)
             if bar is not None:
-                bar.close()
-            raise DivergenceError(
-                f"the loss became non-finite in epoch {epoch} (loss={stats.loss}, nll={stats.nll}, "
-                f"kl={stats.kl}); training stopped{where}. Try a smaller learning rate.",
-                FitResult(bnn, last_good.params, history, last_good, compile_seconds))
-        state = new_state
-        record = {"epoch": int(state.epoch), "loss": float(stats.loss), "nll": float(stats.nll),
-                  "kl": float(stats.kl), "kept": kept_units(bnn, state.params, masks=state.masks), "seconds": seconds}
-        if evaluate is not None:
-            record.update(evaluate(state.params, state.masks))
-        history.append(record)
-        if checkpoint_dir is not None:
-            save_checkpoint(checkpoint_dir, state, history)
-        for callback in callbacks:
-            callback(int(state.epoch), record, state)
+                shown = {"loss": f"{record['loss']:.4f}", **postfix(record)}
+                if "kept" in record and "kept" not in shown:
+                    shown["kept"] = "/".join(map(str, record["kept"].values()))
+                if "val_accuracy" in record:
+                    shown["acc"] = f"{record['val_accuracy']:.4f}"
+                bar.set_postfix(shown)
+                bar.update(1)
+    finally:
         if bar is not None:
-            postfix = {"loss": f"{record['loss']:.4f}", "kept": "/".join(map(str, record["kept"].values()))}
-            if "val_accuracy" in record:
-                postfix["acc"] = f"{record['val_accuracy']:.4f}"
-            bar.set_postfix(postfix)
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    return FitResult(bnn, state.params, history, state, compile_seconds)
+            bar.close()
+    return state
 
 
 def make_validation(bnn: SparseBNN, validation, mesh: Mesh | None = None) -> Callable | None:

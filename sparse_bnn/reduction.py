@@ -32,10 +32,8 @@ import numpy as np
 import optax
 
 from sparse_bnn import bmr
-from sparse_bnn.fit import (DivergenceError, FitResult, TrainState, init_state,
-                            kept_units, load_checkpoint, make_epoch, make_step, make_validation,
-                            save_checkpoint,
-                            validate_data)
+from sparse_bnn.fit import (FitResult, TrainState, init_state, kept_units, load_checkpoint, make_epoch,
+                            make_step, make_validation, run_epochs, validate_data)
 from sparse_bnn.guide import softplus
 from sparse_bnn.model import Masks, SparseBNN
 from sparse_bnn.nets.base import UnitLayer, unit_broadcast
@@ -436,26 +434,7 @@ def fit_with_bmr(bnn: SparseBNN, x, y, *, mode: str = "elementwise", warmup_epoc
     total_weights = sum(int(np.prod(s)) for s in bnn.shapes.values())
     count_live = jax.jit(lambda m: sum(jnp.sum(v) for v in live_entries(bnn, m).values()))
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=epochs, initial=int(state.epoch), desc=f"epochs (BMR {mode})", unit="epoch")
-    while int(state.epoch) < epochs:
-        last_good = jax.tree_util.tree_map(jnp.copy, state)
-        started = time.perf_counter()
-        new_state, stats = compiled(state, x_device, y_device)
-        stats = jax.device_get(stats)
-        seconds = time.perf_counter() - started
-        if not all(np.isfinite(v) for v in stats):
-            if bar is not None:
-                bar.close()
-            where = f"; the last good checkpoint (epoch {int(last_good.epoch)}) is in {checkpoint_dir}" \
-                if checkpoint_dir is not None else ""
-            raise DivergenceError(
-                f"the loss became non-finite in epoch {int(last_good.epoch) + 1} (loss={stats.loss}, "
-                f"nll={stats.nll}, kl={stats.kl}); training stopped{where}. Try a smaller learning rate.",
-                FitResult(bnn, last_good.params, history, last_good, compile_seconds))
-        state = new_state
+    def finish_epoch(state: TrainState, record: dict) -> TrainState:
         bmr_seconds, zeta = 0.0, {}
         if int(state.epoch) >= warmup_epochs:
             started = time.perf_counter()
@@ -464,29 +443,22 @@ def fit_with_bmr(bnn: SparseBNN, x, y, *, mode: str = "elementwise", warmup_epoc
             bmr_seconds = time.perf_counter() - started
             state = state._replace(masks=new_masks)
             zeta = {k: float(v) for k, v in reduction.zeta.items()} if mode == "elementwise" else {}
-        record = {"epoch": int(state.epoch), "loss": float(stats.loss), "nll": float(stats.nll),
-                  "kl": float(stats.kl), "kept": kept_units(bnn, state.params, masks=state.masks),
-                  "seconds": seconds,
-                  "pruned_fraction": 1.0 - float(count_live(state.masks)) / total_weights,
-                  "bmr_seconds": bmr_seconds}
+        record["kept"] = kept_units(bnn, state.params, masks=state.masks)
+        record["pruned_fraction"] = 1.0 - float(count_live(state.masks)) / total_weights
+        record["bmr_seconds"] = bmr_seconds
         if zeta:
             record["zeta"] = zeta
         if evaluate is not None:
             record.update(evaluate(state.params, state.masks))
-        history.append(record)
-        if checkpoint_dir is not None:
-            save_checkpoint(checkpoint_dir, state, history)
-        for callback in callbacks:
-            callback(int(state.epoch), record, state)
-        if bar is not None:
-            postfix = {"loss": f"{record['loss']:.4f}", "pruned": f"{record['pruned_fraction']:.3f}",
-                       "kept": "/".join(map(str, record["kept"].values()))}
-            if "val_accuracy" in record:
-                postfix["acc"] = f"{record['val_accuracy']:.4f}"
-            bar.set_postfix(postfix)
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        return state
+
+    state = run_epochs(
+        state, history, epochs=epochs, run_epoch=lambda state: compiled(state, x_device, y_device),
+        finish_epoch=finish_epoch,
+        result=lambda state: FitResult(bnn, state.params, history, state, compile_seconds),
+        checkpoint_dir=checkpoint_dir, callbacks=callbacks, progress=progress,
+        description=f"epochs (BMR {mode})",
+        postfix=lambda record: {"pruned": f"{record['pruned_fraction']:.3f}"})
     return FitResult(bnn, state.params, history, state, compile_seconds)
 
 

@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="prior inclusion probability: 'theory' or a float (default: theory, or the "
                            "net's reference value, 1e-4 for ResNets)")
     what.add_argument("--temperature", type=float, default=0.5, help="Concrete relaxation temperature")
+    what.add_argument("--rho-init", type=float, default=-6.0,
+                      help="initial rho of the weights' posterior scales softplus(rho) (reference -6; "
+                           "-3 separates units within a short schedule, see the README)")
     what.add_argument("--soft", action="store_true", help="soft Concrete relaxation instead of straight-through")
     what.add_argument("--centred", action="store_true", help="centred parametrisation")
 
@@ -92,7 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="after sparse training, train this many epochs with the kept units frozen")
     train.add_argument("--bmr", default="none", choices=BMR_MODES,
                        help="Bayesian model reduction during training")
-    train.add_argument("--shrink", action="store_true", help="shrink the network during training")
+    train.add_argument("--shrink", action="store_true",
+                       help="remove switched-off units while training and continue on the smaller network")
+    train.add_argument("--shrink-warmup", type=int, default=10, help="epochs before any unit is removed")
+    train.add_argument("--shrink-patience", type=int, default=3,
+                       help="consecutive epochs below the threshold before a unit is removed")
+    train.add_argument("--shrink-threshold", type=float, default=None,
+                       help="remove a unit when its inclusion probability stays below this "
+                            "(default: twice the layer's prior inclusion probability)")
     train.add_argument("--devices", type=int, default=None, help="number of devices")
 
     evaluation = fit.add_argument_group("pruning and evaluation")

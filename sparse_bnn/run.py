@@ -33,7 +33,6 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import serialization
 
 import sparse_bnn
@@ -59,7 +58,8 @@ REGRESSION_LIKELIHOOD_NOISE = None  # learned
 # Fields that define the experiment: a resumed run must agree on them with the saved config.
 _MODEL_FIELDS = ("data", "net", "widths", "prior", "batch_size", "lr", "indicator_lr", "seed", "validation_fraction",
                  "n_train", "n_test", "sigma0", "inclusion", "temperature", "soft", "centred",
-                 "augment", "activation", "bmr", "shrink")
+                 "augment", "activation", "bmr", "shrink", "rho_init", "shrink_warmup", "shrink_patience",
+                 "shrink_threshold")
 
 
 class RunDirectoryError(ValueError):
@@ -93,6 +93,7 @@ class RunConfig:
     sigma0: float | None = None
     inclusion: str | float | None = None
     temperature: float = 0.5
+    rho_init: float = -6.0
     soft: bool = False
     centred: bool = False
     threshold: float = 0.5
@@ -103,6 +104,9 @@ class RunConfig:
     fine_tune_epochs: int = 0
     bmr: str = "none"
     shrink: bool = False
+    shrink_warmup: int = 10
+    shrink_patience: int = 3
+    shrink_threshold: float | None = None
     devices: int | None = None
 
     def check(self) -> "RunConfig":
@@ -136,6 +140,10 @@ class RunConfig:
                 raise ValueError(f"inclusion must be 'theory' or a probability, got {self.inclusion!r}") from None
         if isinstance(self.inclusion, float) and not 0.0 < self.inclusion < 1.0:
             raise ValueError(f"inclusion probability must lie in (0, 1), got {self.inclusion}")
+        if not math.isfinite(self.rho_init):
+            raise ValueError(f"rho_init must be finite, got {self.rho_init}")
+        if self.shrink:
+            self.shrink_schedule().validate()
         if self.devices is not None and int(self.devices) <= 0:
             raise ValueError(f"devices must be a positive integer, got {self.devices}")
         if self.data_dir is not None and not Path(self.data_dir).is_dir():
@@ -143,6 +151,12 @@ class RunConfig:
                                     "give the folder that holds the data set's files")
         self.widths = [int(w) for w in self.widths]
         return self
+
+    def shrink_schedule(self):
+        """The :class:`~sparse_bnn.shrink.ShrinkSchedule` of ``--shrink``."""
+        from sparse_bnn.shrink import ShrinkSchedule
+        return ShrinkSchedule(warmup_epochs=int(self.shrink_warmup), patience=int(self.shrink_patience),
+                              threshold=self.shrink_threshold)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -190,7 +204,7 @@ def build_model(config: RunConfig, dataset: Dataset, net_cfg: Mapping[str, Any],
     return SparseBNN(net, get_prior(config.prior, sigma_0=float(sigma_0)), n_data=len(dataset.x_train),
                      likelihood=likelihood, noise=REGRESSION_LIKELIHOOD_NOISE, inclusion=inclusion,
                      centred=config.centred, temperature=config.temperature, hard=not config.soft,
-                     freeze_indicators=freeze_indicators)
+                     rho_init=config.rho_init, freeze_indicators=freeze_indicators)
 
 
 def load_run_dataset(config: RunConfig) -> Dataset:
@@ -291,7 +305,7 @@ def _fit_function(config: RunConfig) -> Callable[..., FitResult]:
         except ImportError as error:
             raise ValueError(f"--shrink needs sparse_bnn.shrink.fit_shrinking, which this installation "
                              f"lacks ({error}); run without --shrink") from error
-        return fit_shrinking
+        return lambda bnn, x, y, **kwargs: fit_shrinking(bnn, x, y, shrink=config.shrink_schedule(), **kwargs)
     return fit
 
 

@@ -60,10 +60,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sparse_bnn.fit import (DivergenceError, FitResult, TrainState, init_state,
-                            kept_units, load_checkpoint, make_epoch, make_step, make_validation,
-                            save_checkpoint,
-                            validate_data)
+from sparse_bnn.fit import (FitResult, TrainState, init_state, kept_units, load_checkpoint, make_epoch,
+                            make_step, make_validation, run_epochs, save_checkpoint, validate_data)
 from sparse_bnn.model import Masks, SparseBNN
 from sparse_bnn.nets.base import unit_broadcast
 from sparse_bnn.prune import check_keep, compact
@@ -71,7 +69,7 @@ from sparse_bnn.prune import check_keep, compact
 SHRINK_FILE = "shrink.json"
 VARIATIONAL_SUFFIXES = ("loc", "rho", "logit")
 
-__all__ = ["ShrinkSchedule", "ShrinkResult", "adam_with_indicator_rate", "bucketed_width", "fit_shrinking", "release_units", "shrunk_model",
+__all__ = ["ShrinkSchedule", "ShrinkResult", "bucketed_width", "fit_shrinking", "release_units", "removal_threshold", "shrunk_model",
            "site_unit_axes", "slice_masks", "slice_opt_state", "slice_sites", "slice_variational"]
 
 
@@ -81,6 +79,11 @@ class ShrinkSchedule(NamedTuple):
     Attributes:
       warmup_epochs: epochs before any unit may be removed.
       threshold: a unit is a candidate while its inclusion probability ``gamma < threshold``.
+        ``None`` (default): ``2 * lambda_l``, twice the layer's prior inclusion probability
+        (capped at 0.25). A switched-off unit's ``gamma`` settles just above ``lambda_l`` (the
+        Bernoulli KL pulls it there, the slab KL of an unused unit is ~0), so a fixed threshold
+        such as ``1e-3`` can lie below ``lambda_l`` (Fashion-MNIST MLP: ``lambda_l`` = 1.5e-3,
+        2.3e-3) and never trigger.
       patience: consecutive epochs (after the warm-up) below ``threshold`` before removal.
       bucket: physical widths are the alive units rounded up to a multiple of ``bucket``
         (capped at the original width); fewer, larger steps mean fewer recompilations.
@@ -93,7 +96,7 @@ class ShrinkSchedule(NamedTuple):
     """
 
     warmup_epochs: int = 10
-    threshold: float = 1e-3
+    threshold: float | None = None
     patience: int = 3
     bucket: int = 16
     min_units: int = 1
@@ -102,7 +105,7 @@ class ShrinkSchedule(NamedTuple):
     def validate(self) -> "ShrinkSchedule":
         if int(self.warmup_epochs) < 0:
             raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
-        if not 0.0 < float(self.threshold) < 0.5:
+        if self.threshold is not None and not 0.0 < float(self.threshold) < 0.5:
             raise ValueError(f"threshold must lie in (0, 0.5) (a removed unit must be one the "
                              f"median model drops), got {self.threshold}")
         if int(self.patience) < 1:
@@ -232,21 +235,6 @@ def slice_opt_state(bnn: SparseBNN, opt_state: Any, params: Mapping[str, jax.Arr
     return jax.tree_util.tree_map(slice_node, opt_state, is_leaf=is_params_like)
 
 
-def adam_with_indicator_rate(learning_rate: float = 1e-3, indicator_learning_rate: float = 1e-2
-                             ) -> optax.GradientTransformation:
-    """Adam with its own learning rate for the indicator logits ``{layer}.z.logit``.
-
-    With Adam a logit moves about ``learning_rate`` per step, so at ``1e-3`` a unit needs ~10^4
-    steps to go from ``gamma = 0.99`` to ``1e-3``; a larger indicator rate lets short runs
-    decide which units to drop. Every other parameter keeps ``learning_rate``.
-    """
-    def labels(params):
-        return {name: "indicator" if name.endswith(".z.logit") else "rest" for name in params}
-
-    return optax.multi_transform({"indicator": optax.adam(indicator_learning_rate),
-                                  "rest": optax.adam(learning_rate)}, labels)
-
-
 def slice_masks(bnn: SparseBNN, masks: Masks, keep: Mapping[str, Any]) -> Masks:
     """Unit masks and weight masks of the kept units."""
     checked = check_keep(bnn.layers, keep)
@@ -374,6 +362,13 @@ class _Tracker:
                    list(data["removed"]), int(data["compilations"]))
 
 
+def removal_threshold(bnn: SparseBNN, layer: str, schedule: ShrinkSchedule) -> float:
+    """The ``gamma`` below which a unit of ``layer`` counts towards removal."""
+    if schedule.threshold is not None:
+        return float(schedule.threshold)
+    return min(2.0 * float(bnn.inclusion[layer]), 0.25)
+
+
 def _removals(gamma: np.ndarray, alive: np.ndarray, below: np.ndarray, schedule: ShrinkSchedule
               ) -> np.ndarray:
     """Units (physical indices) to remove now: alive, patience reached, at least ``min_units`` left."""
@@ -492,37 +487,18 @@ def fit_shrinking(bnn: SparseBNN, x, y, *, epochs: int, shrink: ShrinkSchedule =
         return compiled, make_validation(model, validation)
 
     compiled, evaluate = compile_for(bnn, state)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=epochs, initial=int(state.epoch), desc="epochs", unit="epoch")
 
-    def result(model, st, hist):
-        return ShrinkResult(model, st.params, hist, st, compile_seconds,
+    def result(st: TrainState) -> ShrinkResult:
+        return ShrinkResult(bnn, st.params, history, st, compile_seconds,
                             {k: v.copy() for k, v in tracker.origin.items()}, list(tracker.removed),
                             tracker.compilations)
 
-    while int(state.epoch) < epochs:
-        last_good = jax.tree_util.tree_map(jnp.copy, state)
-        started = time.perf_counter()
-        new_state, stats = compiled(state, x_device, y_device)
-        stats = jax.device_get(stats)
-        seconds = time.perf_counter() - started
-        if not all(np.isfinite(v) for v in stats):
-            if bar is not None:
-                bar.close()
-            raise DivergenceError(
-                f"the loss became non-finite in epoch {int(last_good.epoch) + 1} (loss={stats.loss}, "
-                f"nll={stats.nll}, kl={stats.kl}); training stopped. Try a smaller learning rate.",
-                result(bnn, last_good, history))
-        state = new_state
-        epoch = int(state.epoch)
-        record = {"epoch": epoch, "loss": float(stats.loss), "nll": float(stats.nll),
-                  "kl": float(stats.kl), "kept": kept_units(bnn, state.params, masks=state.masks),
-                  "seconds": seconds}
+    def finish_epoch(state: TrainState, record: dict) -> TrainState:
+        nonlocal bnn, compiled, evaluate
+        epoch = record["epoch"]
+        record["kept"] = kept_units(bnn, state.params, masks=state.masks)
         if evaluate is not None:
             record.update(evaluate(state.params, state.masks))
-
         removed_now, state = _remove_units(bnn, state, tracker, shrink, epoch)
         record["removed"] = removed_now
         alive = {name: np.asarray(state.masks.units[name]) > 0.5 for name in tracker.origin}
@@ -539,22 +515,20 @@ def fit_shrinking(bnn: SparseBNN, x, y, *, epochs: int, shrink: ShrinkSchedule =
         record["widths"] = {l.name: l.units for l in bnn.layers[:-1]}
         record["alive"] = {name: int(np.sum(np.asarray(state.masks.units[name]) > 0.5))
                            for name in tracker.origin}
-        history.append(record)
-        if checkpoint_dir is not None:
-            saved_trackers = saved_trackers[-1:] + [tracker.to_json(epoch)]
-            _write_json(Path(checkpoint_dir), SHRINK_FILE, {"trackers": saved_trackers})
-            save_checkpoint(checkpoint_dir, state, history)
-        for callback in callbacks:
-            callback(epoch, record, state)
-        if bar is not None:
-            postfix = {"loss": f"{record['loss']:.4f}", "width": "/".join(map(str, record["widths"].values()))}
-            if "val_accuracy" in record:
-                postfix["acc"] = f"{record['val_accuracy']:.4f}"
-            bar.set_postfix(postfix)
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    return result(bnn, state, history)
+        return state
+
+    def save(state: TrainState, history: list[dict]) -> None:
+        nonlocal saved_trackers
+        saved_trackers = saved_trackers[-1:] + [tracker.to_json(int(state.epoch))]
+        _write_json(Path(checkpoint_dir), SHRINK_FILE, {"trackers": saved_trackers})
+        save_checkpoint(checkpoint_dir, state, history)
+
+    state = run_epochs(
+        state, history, epochs=epochs, run_epoch=lambda state: compiled(state, x_device, y_device),
+        finish_epoch=finish_epoch, result=result, checkpoint_dir=checkpoint_dir,
+        save=save if checkpoint_dir is not None else None, callbacks=callbacks, progress=progress,
+        postfix=lambda record: {"width": "/".join(map(str, record["widths"].values()))})
+    return result(state)
 
 
 def _remove_units(bnn: SparseBNN, state: TrainState, tracker: _Tracker, shrink: ShrinkSchedule,
@@ -569,7 +543,7 @@ def _remove_units(bnn: SparseBNN, state: TrainState, tracker: _Tracker, shrink: 
         gamma = np.asarray(jax.nn.sigmoid(state.params[f"{name}.z.logit"]))
         alive = np.asarray(unit_masks[name]) > 0.5
         below = tracker.below[name]
-        below[:] = np.where(alive & (gamma < shrink.threshold), below + 1, 0)
+        below[:] = np.where(alive & (gamma < removal_threshold(bnn, name, shrink)), below + 1, 0)
         gone = _removals(gamma, alive, below, shrink)
         if gone.size:
             mask = np.asarray(unit_masks[name], np.float32).copy()

@@ -15,6 +15,7 @@ computed here independently from ``kl.py``'s closed forms; the likelihood terms 
 from __future__ import annotations
 
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -26,14 +27,15 @@ from flax import nnx
 from numpyro.primitives import Messenger
 
 from sparse_bnn.elbo import elbo_terms
+from sparse_bnn.fit import svi_optimizer
 from sparse_bnn.guide import ConcreteBernoulli, softplus
 from sparse_bnn.kl import kl_lognormal_gamma, kl_lognormal_invgamma, kl_normal
 from sparse_bnn.model import Masks, SparseBNN
 from sparse_bnn.nets import MLP, NETS, net_from_config
 from sparse_bnn.nets.base import unit_broadcast
 from sparse_bnn.priors import get_prior
-from sparse_bnn.shrink import (ShrinkSchedule, adam_with_indicator_rate, bucketed_width,
-                               fit_shrinking, release_units, shrunk_model, site_unit_axes, slice_opt_state,
+from sparse_bnn.shrink import (ShrinkSchedule, bucketed_width,
+                               fit_shrinking, release_units, removal_threshold, shrunk_model, site_unit_axes, slice_opt_state,
                                slice_sites, slice_variational)
 
 
@@ -221,7 +223,7 @@ def test_one_adam_step_after_shrinking_equals_the_masked_step(optimizer):
     y = jax.random.randint(jax.random.PRNGKey(2), (16,), 0, 3)
     params, unit_masks, keep, removed_masks, small, small_params, noise, small_noise, small_masks = check_same_model(
         bnn, removed={"dense0": [2, 3, 9], "dense1": [7]}, padding={"dense1": [7]}, x=x, y=y, seed=3)
-    opt = optax.adam(1e-2) if optimizer == "adam" else adam_with_indicator_rate(1e-2, 5e-2)
+    opt = optax.adam(1e-2) if optimizer == "adam" else svi_optimizer(1e-2, 5e-2)
     opt_state = opt.init(params)
     for i in range(3):  # non-trivial moments and count
         grads = jax.tree_util.tree_map(
@@ -265,6 +267,7 @@ def test_schedule_and_model_checks():
         ShrinkSchedule(min_units=0).validate()
     with pytest.raises(ValueError, match="threshold"):
         ShrinkSchedule(threshold=0.7).validate()
+    ShrinkSchedule(threshold=None).validate()
     assert bucketed_width(17, 100, 16) == 32 and bucketed_width(100, 100, 16) == 100
     assert bucketed_width(0, 100, 16) == 16
     x = np.zeros((8, 6), np.float32)
@@ -277,6 +280,18 @@ def test_schedule_and_model_checks():
         fit_shrinking(sigmoid, x, y, epochs=1, progress=False)
 
 
+def test_default_threshold_is_twice_the_prior_inclusion():
+    """A unit at gamma = lambda_l (where the Bernoulli KL alone puts it) must count as off."""
+    bnn = SparseBNN(MLP(784, (400, 400), 10, rngs=nnx.Rngs(0)), get_prior("ss-ghs"), n_data=60_000)
+    for name in ("dense0", "dense1"):
+        lam = float(bnn.inclusion[name])
+        assert 1e-3 < lam < 1e-2  # a fixed 1e-3 would never see these units as off
+        assert removal_threshold(bnn, name, ShrinkSchedule()) == pytest.approx(2 * lam)
+        assert removal_threshold(bnn, name, ShrinkSchedule(threshold=1e-3)) == 1e-3
+    loose = SparseBNN(MLP(6, (4,), 3, rngs=nnx.Rngs(0)), get_prior("ss-ghs"), n_data=8, inclusion=0.3)
+    assert removal_threshold(loose, "dense0", ShrinkSchedule()) == 0.25
+
+
 def test_fit_shrinking_removes_and_shrinks(tmp_path):
     """A short run where units must go: tiny prior inclusion, fast indicator learning rate."""
     rng = np.random.default_rng(0)
@@ -286,7 +301,7 @@ def test_fit_shrinking_removes_and_shrinks(tmp_path):
                     inclusion=1e-4)
     schedule = ShrinkSchedule(warmup_epochs=2, threshold=0.05, patience=2, bucket=8)
     result = fit_shrinking(bnn, x, y, epochs=12, batch_size=64, shrink=schedule, progress=False,
-                           optimizer=adam_with_indicator_rate(1e-3, 0.3), checkpoint_dir=tmp_path)
+                           optimizer=svi_optimizer(1e-3, 0.3), checkpoint_dir=tmp_path)
     history = result.history
     assert [r["epoch"] for r in history] == list(range(1, 13))
     removed_total = {name: sum(len(r["removed"].get(name, [])) for r in history) for name in ("dense0", "dense1")}
@@ -312,7 +327,7 @@ def test_fit_shrinking_removes_and_shrinks(tmp_path):
     assert set(result.params) == set(result.bnn.init_params())
     # resume from the checkpoint of the finished run: nothing left to do, same widths rebuilt
     resumed = fit_shrinking(bnn, x, y, epochs=12, batch_size=64, shrink=schedule, progress=False,
-                            optimizer=adam_with_indicator_rate(1e-3, 0.3), checkpoint_dir=tmp_path,
+                            optimizer=svi_optimizer(1e-3, 0.3), checkpoint_dir=tmp_path,
                             resume=True)
     assert [l.units for l in resumed.bnn.layers] == [l.units for l in result.bnn.layers]
     for name in result.params:
@@ -387,3 +402,33 @@ def test_digits_with_and_without_shrinking_agree():
     full_accuracy, small_accuracy = accuracies(full, None), accuracies(small, small.state.masks)
     assert np.all(np.abs(full_accuracy - small_accuracy) < 0.01), (full_accuracy, small_accuracy)
     assert np.all(full_accuracy >= 0.93), full_accuracy
+
+
+def test_shrink_from_the_run_api_and_cli_options(tmp_path):
+    """``--shrink`` with its options and ``--rho-init`` reach the model and the run directory."""
+    from sparse_bnn.cli import build_parser
+    from sparse_bnn.run import RunConfig, build_model, load_run_dataset, net_config, run_experiment
+
+    args = build_parser().parse_args(
+        ["fit", "--data", "digits", "--n-train", "320", "--n-test", "100", "--widths", "24,16",
+         "--batch-size", "64", "--lr", "1e-2", "--indicator-lr", "0.2", "--inclusion", "1e-3", "--rho-init", "-3",
+         "--shrink", "--shrink-warmup", "2", "--shrink-patience", "2", "--shrink-threshold", "0.05",
+         "--epochs", "25", "--samples", "2", "--no-latency", "--out", str(tmp_path / "run")])
+    names = set(RunConfig.__dataclass_fields__)
+    config = RunConfig(**{k: v for k, v in vars(args).items() if k in names})
+    assert config.shrink_schedule() == ShrinkSchedule(warmup_epochs=2, patience=2, threshold=0.05)
+    dataset = load_run_dataset(config)
+    assert build_model(config, dataset, net_config(config, dataset)).rho_init == -3.0
+
+    run_experiment(config, progress=False)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    removed = {name: sum(len(r["removed"].get(name, [])) for r in history) for name in ("dense0", "dense1")}
+    assert sum(removed.values()) > 0, "nothing was removed: the options did not reach the schedule"
+    assert all(not r["removed"] for r in history[:3])  # warm-up 2 + patience 2: epoch 4 at the earliest
+    assert history[-1]["alive"] == {name: width - removed[name]
+                                    for name, width in (("dense0", 24), ("dense1", 16))}
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["run"]
+    assert (saved["rho_init"], saved["shrink_threshold"], saved["shrink_patience"]) == (-3.0, 0.05, 2)
+
+    with pytest.raises(ValueError, match="patience"):
+        RunConfig(out=str(tmp_path / "bad"), data="digits", shrink=True, shrink_patience=0).check()

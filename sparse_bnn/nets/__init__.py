@@ -29,4 +29,4 @@ def net_from_config(config: dict, seed: int = 0) -> nnx.Module:
 
 
 __all__ = ["NETS", "MLP", "FunctionalNet", "ParamAxis", "SparseNet", "UnitLayer", "flatten_paths",
-           "net_from_config", "pure_params", "register_net", "unflatten_paths"]
+           "net_from_config", "pure_params", "register_net", "unflatten_paths", "with_group_sizes"]

@@ -211,7 +211,6 @@ def test_missing_data_dir(tmp_path):
 
 
 def test_corrupt_idx_file(tmp_path):
-    import gzip
     import struct
     folder = tmp_path / "idx"
     folder.mkdir()

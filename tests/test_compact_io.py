@@ -14,7 +14,7 @@ from flax import nnx
 
 from sparse_bnn.compact_io import load_compact, load_compact_samples, save_compact
 from sparse_bnn.nets import MLP, NETS, FunctionalNet, net_from_config
-from sparse_bnn.prune import compact, compact_samples
+from sparse_bnn.prune import compact_samples
 
 
 def pruned_mlp():

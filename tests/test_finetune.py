@@ -1,5 +1,4 @@
 """The fine-tuning phase: masks and inclusion logits frozen, the rest keeps training."""
-import jax
 import numpy as np
 import optax
 from flax import nnx

@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import jax
-import flax
 import jax.numpy as jnp
 from flax import nnx
 

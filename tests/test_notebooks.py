@@ -6,7 +6,6 @@ the test.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest

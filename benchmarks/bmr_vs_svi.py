@@ -30,7 +30,7 @@ import optax
 from flax import nnx
 
 from sparse_bnn.data import load_dataset
-from sparse_bnn.fit import fit
+from sparse_bnn.fit import fit, svi_optimizer
 from sparse_bnn.metrics import classification_metrics
 from sparse_bnn.model import SparseBNN
 from sparse_bnn.nets import NETS, MLP
@@ -42,9 +42,12 @@ RESULTS = Path(__file__).parent / "results"
 METHODS = ("map", "flat-svi", "group-horseshoe", "bmr-elementwise", "bmr-nodewise", "ss-gl", "ss-ghs")
 SETTINGS = {
     "quick": {"n_train": 10000, "n_test": 2000, "epochs": 6, "warmup": 3, "batch_size": 256,
-              "mlp_widths": (100, 100), "nets": ("mlp",), "lr": 3e-3, "n_samples": 5},
+              "mlp_widths": (100, 100), "nets": ("mlp",), "lr": 3e-3, "indicator_lr": 1e-2,
+              "rho_init": -3.0, "n_samples": 5},
+    # the main job's settings (README, "Settings that prune")
     "full": {"n_train": None, "n_test": None, "epochs": 100, "warmup": 20, "batch_size": 1024,
-             "mlp_widths": (400, 400), "nets": ("mlp", "lenet5"), "lr": 1e-3, "n_samples": 10},
+             "mlp_widths": (400, 400), "nets": ("mlp", "lenet5"), "lr": 3e-3, "indicator_lr": 1e-2,
+             "rho_init": -3.0, "n_samples": 10},
 }
 
 
@@ -103,9 +106,10 @@ def run_method(method, net_name, data, setting, seed=0):
         out = {"pruned_weights": 0.0, "pruned_units": 0.0}
     else:
         prior = {"flat-svi": "flat", "bmr-elementwise": "flat", "bmr-nodewise": "flat"}.get(method, method)
-        bnn = SparseBNN(net, get_prior(prior), n_data=data.x_train.shape[0])
+        bnn = SparseBNN(net, get_prior(prior), n_data=data.x_train.shape[0], rho_init=setting["rho_init"])
+        # the indicator rate only touches spike-and-slab priors' indicator logits
         common = dict(epochs=setting["epochs"], batch_size=setting["batch_size"], seed=seed,
-                      optimizer=optax.adam(setting["lr"]), progress=False)
+                      optimizer=svi_optimizer(setting["lr"], setting["indicator_lr"]), progress=False)
         if method.startswith("bmr-"):
             result = fit_with_bmr(bnn, data.x_train, data.y_train, mode=method[4:],
                                   warmup_epochs=setting["warmup"], **common)

@@ -11,12 +11,11 @@ SS-GHS on Fashion-MNIST, MLP 784-400-400-10, batch 1024, the same number of epoc
 Wall-clock is the whole training call, compilation included (shrinking recompiles). Accuracy of
 the Bayesian runs is Bayesian model averaging over 10 posterior samples on the test set;
 ``density`` is the fraction of the dense MLP's weights in the compact (median-probability)
-network. Both Bayesian runs use the main job's settings: Adam 3e-3 for every parameter
-(``--indicator-lr`` gives the indicator logits their own rate, :func:`sparse_bnn.fit.svi_optimizer`)
-and ``rho_init = -3``. Units are removed when ``gamma < 2 lambda_l`` (``--threshold`` sets a fixed
-value) for ``--patience`` epochs after ``--warmup``.
+network. Both Bayesian runs use the main job's settings: Adam 3e-3, the indicator logits at
+1e-2 (``--indicator-lr``, :func:`sparse_bnn.fit.svi_optimizer`), and ``rho_init = -3``. Units are removed when ``gamma < max(0.01, 2 lambda_l)`` (``--threshold`` sets a
+fixed value) for ``--patience`` epochs after ``--warmup``.
 
-    python benchmarks/shrink.py --epochs 150 --out benchmarks/results/shrink.json
+    python benchmarks/shrink.py --epochs 300 --out benchmarks/results/shrink.json
 """
 from __future__ import annotations
 
@@ -99,14 +98,14 @@ def bayes_summary(name, result, seconds, x_test, y_test, masks) -> dict:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=150)
+    parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--indicator-lr", type=float, default=None, help="default: --lr")
+    parser.add_argument("--indicator-lr", type=float, default=1e-2)
     parser.add_argument("--rho-init", type=float, default=-3.0)
     parser.add_argument("--warmup", type=int, default=ShrinkSchedule().warmup_epochs)
     parser.add_argument("--patience", type=int, default=ShrinkSchedule().patience)
-    parser.add_argument("--threshold", type=float, default=None, help="default: 2 lambda_l per layer")
+    parser.add_argument("--threshold", type=float, default=None, help="default: max(0.01, 2 lambda_l) per layer")
     parser.add_argument("--bucket", type=int, default=16)
     parser.add_argument("--n-train", type=int, default=None, help="use the first N training images")
     parser.add_argument("--seed", type=int, default=0)

@@ -86,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=1024)
     train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     train.add_argument("--indicator-lr", type=float, default=None,
-                       help="learning rate of the node indicators' logits (default: --lr); a slower "
-                            "rate than the weights' keeps whole layers from switching off together")
+                       help="learning rate of the node indicators' logits (default: --lr); it sets how fast "
+                            "units are decided (the main job: 1e-2 with --lr 3e-3 --rho-init -3)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                        help="horizontal flips (default: as the data set says; on for Fashion-MNIST)")
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="consecutive epochs below the threshold before a unit is removed")
     train.add_argument("--shrink-threshold", type=float, default=None,
                        help="remove a unit when its inclusion probability stays below this "
-                            "(default: twice the layer's prior inclusion probability)")
+                            "(default: 0.01, or twice the layer's prior inclusion probability when that is larger)")
     train.add_argument("--devices", type=int, default=None, help="number of devices")
 
     evaluation = fit.add_argument_group("pruning and evaluation")

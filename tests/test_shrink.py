@@ -280,16 +280,17 @@ def test_schedule_and_model_checks():
         fit_shrinking(sigmoid, x, y, epochs=1, progress=False)
 
 
-def test_default_threshold_is_twice_the_prior_inclusion():
+def test_default_threshold_lies_above_the_prior_inclusion():
     """A unit at gamma = lambda_l (where the Bernoulli KL alone puts it) must count as off."""
     bnn = SparseBNN(MLP(784, (400, 400), 10, rngs=nnx.Rngs(0)), get_prior("ss-ghs"), n_data=60_000)
     for name in ("dense0", "dense1"):
         lam = float(bnn.inclusion[name])
-        assert 1e-3 < lam < 1e-2  # a fixed 1e-3 would never see these units as off
-        assert removal_threshold(bnn, name, ShrinkSchedule()) == pytest.approx(2 * lam)
+        assert 1e-3 < lam < 5e-3  # a fixed 1e-3 would never see these units as off
+        assert removal_threshold(bnn, name, ShrinkSchedule()) == 0.01
         assert removal_threshold(bnn, name, ShrinkSchedule(threshold=1e-3)) == 1e-3
-    loose = SparseBNN(MLP(6, (4,), 3, rngs=nnx.Rngs(0)), get_prior("ss-ghs"), n_data=8, inclusion=0.3)
-    assert removal_threshold(loose, "dense0", ShrinkSchedule()) == 0.25
+    for inclusion, expected in ((0.02, 0.04), (0.3, 0.25)):
+        bnn = SparseBNN(MLP(6, (4,), 3, rngs=nnx.Rngs(0)), get_prior("ss-ghs"), n_data=8, inclusion=inclusion)
+        assert removal_threshold(bnn, "dense0", ShrinkSchedule()) == pytest.approx(expected)
 
 
 def test_fit_shrinking_removes_and_shrinks(tmp_path):

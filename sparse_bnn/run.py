@@ -457,7 +457,11 @@ def run_experiment(config: RunConfig | Mapping[str, Any], *, resume: bool = Fals
 
     write_json(out / HISTORY_FILE, history)
     save_variational_params(out / PARAMS_FILE, params, masks)
-    metrics = evaluate_fitted(final_bnn, params, masks, dataset, config, out)
+    # after --shrink the fitted network is smaller than the one the run started from: the report
+    # compares the compact network with that original dense network, in its unit numbering
+    unit_origin = getattr(result, "unit_origin", None) or None
+    dense = (net_from_config(dict(net_cfg), seed=config.seed), unit_origin) if unit_origin else None
+    metrics = evaluate_fitted(final_bnn, params, masks, dataset, config, out, dense=dense)
     metrics.update(training_seconds=float(sum(r["seconds"] for r in history)),
                    compile_seconds=float(compile_seconds), session_seconds=float(session_seconds),
                    epochs=int(config.epochs), fine_tune_epochs=int(config.fine_tune_epochs))
@@ -467,8 +471,14 @@ def run_experiment(config: RunConfig | Mapping[str, Any], *, resume: bool = Fals
 
 
 def evaluate_fitted(bnn: SparseBNN, params: Mapping[str, jax.Array], masks: Masks, dataset: Dataset,
-                    config: RunConfig, out: Path) -> dict:
-    """BMA and compact-network test metrics; writes ``compact/`` and ``report.json``."""
+                    config: RunConfig, out: Path, dense: tuple[Any, Mapping[str, np.ndarray]] | None = None
+                    ) -> dict:
+    """BMA and compact-network test metrics; writes ``compact/`` and ``report.json``.
+
+    ``dense``: ``(original network, {layer: original index of each unit of bnn.net})`` when
+    ``bnn`` was shrunk while training; the compression report then compares the compact
+    network with the original dense network (the default compares with ``bnn.net``).
+    """
     key = jax.random.PRNGKey(config.seed)
     task = dataset.task
     noise = posterior.noise_scale(bnn, params) if task == "regression" else None
@@ -486,8 +496,16 @@ def evaluate_fitted(bnn: SparseBNN, params: Mapping[str, jax.Array], masks: Mask
               "threshold": float(config.threshold)}
     if noise is not None:
         result["noise_std"] = float(noise)
+    dense_net, dense_keep = bnn.net, keep
+    if dense is not None:
+        dense_net, origin = dense
+        dense_keep = {}
+        for layer in dense_net.unit_layers():
+            if layer.name in keep:
+                dense_keep[layer.name] = np.zeros(layer.units, bool)
+                dense_keep[layer.name][np.asarray(origin[layer.name])[keep[layer.name]]] = True
     compression = report_lib.compression_report(
-        bnn.net, compact_net, keep, dataset.input_shape, measure_latency=config.latency,
+        dense_net, compact_net, dense_keep, dataset.input_shape, measure_latency=config.latency,
         batch_sizes=(1, config.batch_size))
     write_json(out / REPORT_FILE, compression.to_dict())
     compact_io.save_compact(out / COMPACT_DIR, compact_net, params_samples=compact_samples, metadata={

@@ -16,8 +16,8 @@ the same epochs and, after a warm-up,
    then. Removed units that fill a bucket stay as padding with unit mask 0.
 
 Because widths only shrink, in steps of ``bucket`` units and only when some layer's width falls
-to ``shrink_factor`` (3/4) of its physical width or less, a run compiles at most
-``1 + sum_l ceil(k_l / bucket)`` times, and in practice about ``log(k_l / bucket) / log(4/3)``.
+to ``shrink_factor`` (default 1/2) of its physical width or less, a run compiles at most
+``1 + sum_l ceil(k_l / bucket)`` times, and in practice about ``log2(k_l / bucket)``.
 
 What "the same model" means. A removed unit ``j`` of layer ``l`` (mask 0, ``activation(0) = 0``)
 sends nothing downstream, so the likelihood never sees its own weights, its per-unit scales or

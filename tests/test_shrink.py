@@ -421,13 +421,17 @@ def test_shrink_from_the_run_api_and_cli_options(tmp_path):
     dataset = load_run_dataset(config)
     assert build_model(config, dataset, net_config(config, dataset)).rho_init == -3.0
 
-    run_experiment(config, progress=False)
+    metrics = run_experiment(config, progress=False)
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     removed = {name: sum(len(r["removed"].get(name, [])) for r in history) for name in ("dense0", "dense1")}
     assert sum(removed.values()) > 0, "nothing was removed: the options did not reach the schedule"
     assert all(not r["removed"] for r in history[:3])  # warm-up 2 + patience 2: epoch 4 at the earliest
     assert history[-1]["alive"] == {name: width - removed[name]
                                     for name, width in (("dense0", 24), ("dense1", 16))}
+    # the report compares the compact network with the original dense one, not the shrunk one
+    assert metrics["total_units"] == {"dense0": 24, "dense1": 16}
+    assert metrics["params_dense"] == (64 * 24 + 24) + (24 * 16 + 16) + (16 * 10 + 10)
+    assert all(metrics["kept_units"][name] <= history[-1]["alive"][name] for name in ("dense0", "dense1"))
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["run"]
     assert (saved["rho_init"], saved["shrink_threshold"], saved["shrink_patience"]) == (-3.0, 0.05, 2)
 

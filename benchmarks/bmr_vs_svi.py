@@ -45,7 +45,7 @@ SETTINGS = {
               "mlp_widths": (100, 100), "nets": ("mlp",), "lr": 3e-3, "indicator_lr": 1e-2,
               "rho_init": -3.0, "n_samples": 5},
     # the main job's settings (README, "Settings that prune")
-    "full": {"n_train": None, "n_test": None, "epochs": 100, "warmup": 20, "batch_size": 1024,
+    "full": {"n_train": None, "n_test": None, "epochs": 100, "warmup": 50, "batch_size": 1024,
              "mlp_widths": (400, 400), "nets": ("mlp", "lenet5"), "lr": 3e-3, "indicator_lr": 1e-2,
              "rho_init": -3.0, "n_samples": 10},
 }

@@ -41,6 +41,9 @@ from sparse_bnn.nets.base import UnitLayer, unit_broadcast
 MODES = ("elementwise", "nodewise")
 NODE_THRESHOLDS = ("zero", "learned")
 DEFAULT_REDUCED_VAR_RATIO = 1e-8
+# During training (fit_with_bmr) at most this share of a layer's live units (entries) goes in
+# one reduction step, see cap_pruning; one-shot post-hoc reductions are uncapped
+DEFAULT_MAX_PRUNE_FRACTION = 0.5
 
 
 class ReductionStats(NamedTuple):
@@ -171,9 +174,46 @@ def node_reduction(bnn: SparseBNN, params: Mapping[str, jax.Array], masks: Masks
     return {layer.name: bmr.group_delta_f(by_path, layer) for layer in prunable_layers(bnn)}
 
 
+def cap_pruning(delta_f: jax.Array, live: jax.Array, zeta, max_fraction: float,
+                n_bisect: int = 40) -> jax.Array:
+    """Which live entries to prune: ``Delta F > zeta``, at most ``max_fraction`` of the live ones.
+
+    ``Delta F`` scores each unit (entry) with all the others in place; removing every one with
+    ``Delta F > 0`` at once ignores that they can stand in for each other, and early in training,
+    while the posteriors are still wide, it removed every unit of the Fashion-MNIST MLP in one
+    step. Capped, the largest ``Delta F`` go first and SVI lets the rest adapt before the next
+    step. The cut is found by bisection on the score (no sort; ties may prune a few more).
+
+    Args:
+      delta_f, live: same shape; ``live`` is 1 for entries still in.
+      zeta: the threshold (scalar).
+      max_fraction: in ``(0, 1]``; ``1`` is the uncapped rule.
+    Returns:
+      bool, ``delta_f``'s shape: True where the entry is pruned now.
+    """
+    live = live > 0
+    candidates = live & (delta_f > zeta)
+    if max_fraction >= 1.0:
+        return candidates
+    allowed = jnp.floor(max_fraction * jnp.sum(live))
+    scores = jnp.where(candidates, delta_f, -jnp.inf)
+    low = jnp.asarray(zeta, delta_f.dtype)
+    high = jnp.max(jnp.where(candidates, delta_f, low))
+
+    def bisect(_, bounds):
+        low, high = bounds
+        middle = 0.5 * (low + high)
+        too_many = jnp.sum(scores > middle) > allowed
+        return jnp.where(too_many, middle, low), jnp.where(too_many, high, middle)
+
+    low, high = jax.lax.fori_loop(0, n_bisect, bisect, (low, high))
+    cut = jnp.where(jnp.sum(candidates) > allowed, high, low)
+    return candidates & (scores > cut)
+
+
 def node_keep_masks(bnn: SparseBNN, params: Mapping[str, jax.Array], masks: Masks | None = None,
                     reduced_var_ratio: float = DEFAULT_REDUCED_VAR_RATIO, threshold: str = "zero",
-                    n_iter: int = 10) -> dict[str, jax.Array]:
+                    n_iter: int = 10, max_prune_fraction: float = 1.0) -> dict[str, jax.Array]:
     """``{layer: float 0/1 [units]}``: keep unit ``j`` unless the reduced model is favoured.
 
     ``threshold="zero"`` (default): keep where ``DeltaF_group <= 0``, i.e. compare the model
@@ -185,7 +225,8 @@ def node_keep_masks(bnn: SparseBNN, params: Mapping[str, jax.Array], masks: Mask
     ``threshold="learned"``: prune where ``DeltaF_group > zeta_l`` with the per-layer learned rate
     of :func:`bmr.learned_inclusion_threshold` over the layer's live units.
 
-    A unit switched off by ``masks.units`` stays off.
+    A unit switched off by ``masks.units`` stays off; at most ``max_prune_fraction`` of a layer's
+    live units go in one call (:func:`cap_pruning`).
     """
     if threshold not in NODE_THRESHOLDS:
         raise ValueError(f"unknown node threshold {threshold!r}; choose one of {NODE_THRESHOLDS}")
@@ -198,7 +239,7 @@ def node_keep_masks(bnn: SparseBNN, params: Mapping[str, jax.Array], masks: Mask
             zeta = bmr.learned_inclusion_threshold(excluded, n_iter).zeta
         else:
             zeta = 0.0
-        keep[name] = old * (delta_f <= zeta).astype(jnp.float32)
+        keep[name] = old * (~cap_pruning(delta_f, old, zeta, max_prune_fraction)).astype(jnp.float32)
     return keep
 
 
@@ -208,14 +249,15 @@ def node_keep_masks(bnn: SparseBNN, params: Mapping[str, jax.Array], masks: Mask
 
 
 def elementwise_reduction(bnn: SparseBNN, params: Mapping[str, jax.Array], masks: Masks | None = None,
-                          reduced_var_ratio: float = DEFAULT_REDUCED_VAR_RATIO, n_iter: int = 10
-                          ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+                          reduced_var_ratio: float = DEFAULT_REDUCED_VAR_RATIO, n_iter: int = 10,
+                          max_prune_fraction: float = 1.0) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
     """Element-wise pruning with a learned per-layer inclusion rate (``math.md`` §6).
 
     For each prunable layer, the ``Delta F`` of all its members' live entries (kernel and bias
     together) feed the Beta-Bernoulli fixed point ``zeta_l`` (:func:`bmr.learned_inclusion_threshold`);
     entries already pruned count as excluded (``q_i = 0``), so the rate is the fraction of the
-    layer's entries still in. An entry is pruned where ``Delta F > zeta_l``.
+    layer's entries still in. An entry is pruned where ``Delta F > zeta_l``, at most
+    ``max_prune_fraction`` of the layer's live entries per call (:func:`cap_pruning`).
 
     Returns ``(weight masks {site: float 0/1}, zeta {layer: scalar})`` for the members of every
     prunable layer; old masks are ANDed in, so pruned entries stay pruned. The output layer and
@@ -230,9 +272,15 @@ def elementwise_reduction(bnn: SparseBNN, params: Mapping[str, jax.Array], masks
         scores = jnp.concatenate([jnp.where(live[s] > 0, delta_f[s], jnp.inf).reshape(-1) for s in sites])
         zeta = bmr.learned_inclusion_threshold(scores, n_iter).zeta
         zetas[layer.name] = zeta
-        for site in sites:
-            old = jnp.asarray(masks.weights.get(site, 1.0), jnp.float32) * live[site]
-            new_masks[site] = old * (delta_f[site] <= zeta).astype(jnp.float32)
+        olds = [jnp.broadcast_to(jnp.asarray(masks.weights.get(site, 1.0), jnp.float32) * live[site],
+                                 delta_f[site].shape) for site in sites]
+        pruned = cap_pruning(jnp.concatenate([delta_f[site].reshape(-1) for site in sites]),
+                             jnp.concatenate([old.reshape(-1) for old in olds]), zeta, max_prune_fraction)
+        start = 0
+        for site, old in zip(sites, olds):
+            gone = pruned[start:start + old.size].reshape(old.shape)
+            start += old.size
+            new_masks[site] = old * (~gone).astype(jnp.float32)
     return new_masks, zetas
 
 
@@ -331,7 +379,8 @@ def full_masks(bnn: SparseBNN, mode: str, masks: Masks | None = None) -> Masks:
 
 
 def make_reduction_step(bnn: SparseBNN, mode: str, reduced_var_ratio: float = DEFAULT_REDUCED_VAR_RATIO,
-                        node_threshold: str = "zero", n_iter: int = 10) -> Callable:
+                        node_threshold: str = "zero", n_iter: int = 10,
+                        max_prune_fraction: float = DEFAULT_MAX_PRUNE_FRACTION) -> Callable:
     """A jitted reduction: ``(params, masks) -> (new masks, ReductionStats)``.
 
     ``masks`` must have the structure of :func:`full_masks` for ``mode``; the new masks have the
@@ -345,11 +394,13 @@ def make_reduction_step(bnn: SparseBNN, mode: str, reduced_var_ratio: float = DE
 
     def step(params, masks):
         if mode == "elementwise":
-            weights, zeta = elementwise_reduction(bnn, params, masks, reduced_var_ratio, n_iter)
+            weights, zeta = elementwise_reduction(bnn, params, masks, reduced_var_ratio, n_iter,
+                                                  max_prune_fraction)
             weights = {**masks.weights, **weights}
             new = Masks(units_from_weight_masks(bnn, weights, masks.units), weights)
         else:
-            units = node_keep_masks(bnn, params, masks, reduced_var_ratio, node_threshold, n_iter)
+            units = node_keep_masks(bnn, params, masks, reduced_var_ratio, node_threshold, n_iter,
+                                    max_prune_fraction)
             new = Masks({**masks.units, **units}, dict(masks.weights))
             zeta = {name: jnp.zeros(()) for name in units}
         live = live_entries(bnn, new)
@@ -367,7 +418,7 @@ def fit_with_bmr(bnn: SparseBNN, x, y, *, mode: str = "elementwise", warmup_epoc
                  resume: bool = False, callbacks: Sequence[Callable[[int, dict, TrainState], None]] = (),
                  masks: Masks | None = None, init_params: Mapping[str, jax.Array] | None = None,
                  reduced_var_ratio: float = DEFAULT_REDUCED_VAR_RATIO, node_threshold: str = "zero",
-                 n_iter: int = 10) -> FitResult:
+                 n_iter: int = 10, max_prune_fraction: float = DEFAULT_MAX_PRUNE_FRACTION) -> FitResult:
     """SVI with iterative Bayesian model reduction (issue 6, ``math.md`` §6).
 
     ``warmup_epochs`` plain SVI epochs, then after every epoch ``e >= warmup_epochs`` a jitted
@@ -390,6 +441,9 @@ def fit_with_bmr(bnn: SparseBNN, x, y, *, mode: str = "elementwise", warmup_epoc
       reduced_var_ratio: ``g^2 / sigma_0^2`` of a pruned entry's reduced prior.
       node_threshold: ``"zero"`` or ``"learned"`` (node-wise mode).
       n_iter: fixed-point iterations of the learned inclusion rate.
+      max_prune_fraction: at most this share of a layer's live units (node-wise) or entries
+        (element-wise) is pruned per reduction step, those with the largest ``Delta F``
+        (:func:`cap_pruning`); ``1.0`` prunes every candidate at once.
 
     Returns:
       :class:`FitResult` whose ``state.masks`` holds the final masks (pass them to
@@ -425,7 +479,9 @@ def fit_with_bmr(bnn: SparseBNN, x, y, *, mode: str = "elementwise", warmup_epoc
             state, history = restored
     x_device, y_device = jnp.asarray(x), jnp.asarray(y)
     epoch_fn = jax.jit(make_epoch(make_step(bnn, optimizer, augment), n_data, batch_size), donate_argnums=0)
-    reduce_fn = make_reduction_step(bnn, mode, reduced_var_ratio, node_threshold, n_iter)
+    if not 0.0 < float(max_prune_fraction) <= 1.0:
+        raise ValueError(f"max_prune_fraction must lie in (0, 1], got {max_prune_fraction}")
+    reduce_fn = make_reduction_step(bnn, mode, reduced_var_ratio, node_threshold, n_iter, max_prune_fraction)
     started = time.perf_counter()
     compiled = epoch_fn.lower(state, x_device, y_device).compile()
     compiled_reduce = reduce_fn.lower(state.params, state.masks).compile()

@@ -263,6 +263,7 @@ def test_nodewise_bmr_recovers_the_teachers_units(teacher):
     assert len(set(traces_per_epoch)) == 1
     for before, after in zip(masks_per_epoch, masks_per_epoch[1:]):
         assert np.all(after <= before)                          # switched-off units stay off
+        assert after.sum() >= np.floor(before.sum() / 2)         # at most half of them per step
     record = result.history[-1]
     assert record["kept"] == {"dense0": kept}
     assert result.history[0]["bmr_seconds"] == 0.0 and record["bmr_seconds"] > 0
@@ -324,3 +325,18 @@ def test_fit_with_bmr_refuses_bad_arguments(teacher):
         reduction.fit_with_bmr(bnn, x, y, warmup_epochs=5, epochs=2, progress=False)
     with pytest.raises(ValueError, match="n_data"):
         reduction.fit_with_bmr(bnn, x[:10], y[:10], epochs=2, progress=False)
+    with pytest.raises(ValueError, match="max_prune_fraction"):
+        reduction.fit_with_bmr(bnn, x, y, epochs=2, max_prune_fraction=0.0, progress=False)
+
+
+def test_cap_pruning_takes_the_largest_delta_f_first():
+    delta_f = jnp.array([5.0, 4.0, 3.0, 2.0, 1.0, -1.0, -2.0, -3.0])
+    live = jnp.ones(8)
+    pruned = lambda live, fraction, zeta=0.0: np.flatnonzero(np.asarray(
+        reduction.cap_pruning(delta_f, live, zeta, fraction))).tolist()
+    assert pruned(live, 1.0) == [0, 1, 2, 3, 4]                 # uncapped: every Delta F > 0
+    assert pruned(live, 0.5) == [0, 1, 2, 3]                    # 4 of 8 live, largest first
+    assert pruned(live, 0.25) == [0, 1]
+    assert pruned(live.at[0].set(0.0), 0.5) == [1, 2, 3]        # 7 live: 3, dead ones never count
+    assert pruned(live, 0.5, zeta=3.5) == [0, 1]                 # fewer candidates than allowed
+    assert pruned(live, 0.1) == []                               # floor(0.8) = 0

@@ -44,6 +44,11 @@ BN_MOMENTUM = 0.9
 BN_FIELDS = ("scale", "bias", "mean", "var")
 
 
+def _iter_modules(module: nnx.Module):
+    """``(path, submodule)`` pairs: ``nnx.iter_modules`` (newer Flax; the method is deprecated there)."""
+    return nnx.iter_modules(module) if hasattr(nnx, "iter_modules") else module.iter_modules()
+
+
 def _batch_norm(channels: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
     return nnx.BatchNorm(channels, momentum=BN_MOMENTUM, epsilon=1e-5, rngs=rngs)
 
@@ -248,7 +253,7 @@ def recompute_batch_stats(net: nnx.Module, x_batches: Iterable[jax.Array]) -> nn
       net: a network containing ``nnx.BatchNorm`` layers (changed in place).
       x_batches: input batches ``[B, H, W, C]``.
     """
-    norms = [module for _, module in net.iter_modules() if isinstance(module, nnx.BatchNorm)]
+    norms = [module for _, module in _iter_modules(net) if isinstance(module, nnx.BatchNorm)]
     if not norms:
         raise ValueError("recompute_batch_stats: the network has no nnx.BatchNorm layers")
     momenta = [bn.momentum for bn in norms]
@@ -261,7 +266,7 @@ def recompute_batch_stats(net: nnx.Module, x_batches: Iterable[jax.Array]) -> nn
     def batch_moments(state, x):
         model = nnx.merge(graphdef, state)
         model(x)
-        bns = [m for _, m in model.iter_modules() if isinstance(m, nnx.BatchNorm)]
+        bns = [m for _, m in _iter_modules(model) if isinstance(m, nnx.BatchNorm)]
         return [(bn.mean[...], bn.var[...] + bn.mean[...] ** 2) for bn in bns]
 
     total, sums = 0, None

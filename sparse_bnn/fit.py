@@ -321,6 +321,15 @@ def kept_units(bnn: SparseBNN, params: Mapping[str, jax.Array], threshold: float
             for l in bnn.layers[:-1]}
 
 
+def epoch_summary(bnn: SparseBNN, state: TrainState, evaluate: Callable | None) -> dict:
+    """The history fields every training scheme records after an epoch: ``kept`` units per hidden
+    layer and, with a validation set (``evaluate`` from :func:`make_validation`), its metrics."""
+    summary = {"kept": kept_units(bnn, state.params, masks=state.masks)}
+    if evaluate is not None:
+        summary.update(evaluate(state.params, state.masks))
+    return summary
+
+
 def save_checkpoint(directory: str | Path, state: TrainState, history: list[dict]) -> None:
     """Write ``state`` and ``history`` atomically (temp file + rename)."""
     directory = Path(directory)
@@ -438,9 +447,7 @@ def fit(bnn: SparseBNN, x, y, *, epochs: int, batch_size: int = 1024,
     evaluate = make_validation(bnn, validation, mesh)
 
     def finish_epoch(state: TrainState, record: dict) -> TrainState:
-        record["kept"] = kept_units(bnn, state.params, masks=state.masks)
-        if evaluate is not None:
-            record.update(evaluate(state.params, state.masks))
+        record.update(epoch_summary(bnn, state, evaluate))
         return state
 
     state = run_epochs(

@@ -32,7 +32,7 @@ import numpy as np
 import optax
 
 from sparse_bnn import bmr
-from sparse_bnn.fit import (FitResult, TrainState, init_state, kept_units, load_checkpoint, make_epoch,
+from sparse_bnn.fit import (FitResult, TrainState, epoch_summary, init_state, load_checkpoint, make_epoch,
                             make_step, make_validation, run_epochs, validate_data)
 from sparse_bnn.guide import softplus
 from sparse_bnn.model import Masks, SparseBNN
@@ -464,6 +464,8 @@ def fit_with_bmr(bnn: SparseBNN, x, y, *, mode: str = "elementwise", warmup_epoc
                          "reduction runs after every epoch from warmup_epochs on")
     if int(batch_size) <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if not 0.0 < float(max_prune_fraction) <= 1.0:
+        raise ValueError(f"max_prune_fraction must lie in (0, 1], got {max_prune_fraction}")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir")
     x, y = validate_data(bnn, x, y)
@@ -480,8 +482,6 @@ def fit_with_bmr(bnn: SparseBNN, x, y, *, mode: str = "elementwise", warmup_epoc
             state, history = restored
     x_device, y_device = jnp.asarray(x), jnp.asarray(y)
     epoch_fn = jax.jit(make_epoch(make_step(bnn, optimizer, augment), n_data, batch_size), donate_argnums=0)
-    if not 0.0 < float(max_prune_fraction) <= 1.0:
-        raise ValueError(f"max_prune_fraction must lie in (0, 1], got {max_prune_fraction}")
     reduce_fn = make_reduction_step(bnn, mode, reduced_var_ratio, node_threshold, n_iter, max_prune_fraction)
     started = time.perf_counter()
     compiled = epoch_fn.lower(state, x_device, y_device).compile()
@@ -500,13 +500,11 @@ def fit_with_bmr(bnn: SparseBNN, x, y, *, mode: str = "elementwise", warmup_epoc
             bmr_seconds = time.perf_counter() - started
             state = state._replace(masks=new_masks)
             zeta = {k: float(v) for k, v in reduction.zeta.items()} if mode == "elementwise" else {}
-        record["kept"] = kept_units(bnn, state.params, masks=state.masks)
         record["pruned_fraction"] = 1.0 - float(count_live(state.masks)) / total_weights
         record["bmr_seconds"] = bmr_seconds
         if zeta:
             record["zeta"] = zeta
-        if evaluate is not None:
-            record.update(evaluate(state.params, state.masks))
+        record.update(epoch_summary(bnn, state, evaluate))
         return state
 
     state = run_epochs(

@@ -459,7 +459,7 @@ def run_experiment(config: RunConfig | Mapping[str, Any], *, resume: bool = Fals
     save_variational_params(out / PARAMS_FILE, params, masks)
     # after --shrink the fitted network is smaller than the one the run started from: the report
     # compares the compact network with that original dense network, in its unit numbering
-    unit_origin = getattr(result, "unit_origin", None) or None
+    unit_origin = getattr(result, "unit_origin", None)
     dense = (net_from_config(dict(net_cfg), seed=config.seed), unit_origin) if unit_origin else None
     metrics = evaluate_fitted(final_bnn, params, masks, dataset, config, out, dense=dense)
     metrics.update(training_seconds=float(sum(r["seconds"] for r in history)),
@@ -498,12 +498,10 @@ def evaluate_fitted(bnn: SparseBNN, params: Mapping[str, jax.Array], masks: Mask
         result["noise_std"] = float(noise)
     dense_net, dense_keep = bnn.net, keep
     if dense is not None:
+        from sparse_bnn.shrink import keep_from_origin
         dense_net, origin = dense
-        dense_keep = {}
-        for layer in dense_net.unit_layers():
-            if layer.name in keep:
-                dense_keep[layer.name] = np.zeros(layer.units, bool)
-                dense_keep[layer.name][np.asarray(origin[layer.name])[keep[layer.name]]] = True
+        kept_origin = {name: np.asarray(origin[name])[k] for name, k in keep.items()}
+        dense_keep = keep_from_origin(dense_net.unit_layers(), kept_origin)
     compression = report_lib.compression_report(
         dense_net, compact_net, dense_keep, dataset.input_shape, measure_latency=config.latency,
         batch_sizes=(1, config.batch_size))

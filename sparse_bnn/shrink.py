@@ -60,18 +60,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sparse_bnn.fit import (FitResult, TrainState, init_state, kept_units, load_checkpoint, make_epoch,
+from sparse_bnn.fit import (FitResult, TrainState, epoch_summary, init_state, load_checkpoint, make_epoch,
                             make_step, make_validation, run_epochs, save_checkpoint, validate_data)
 from sparse_bnn.model import Masks, SparseBNN
-from sparse_bnn.nets.base import unit_broadcast
+from sparse_bnn.nets.base import UnitLayer, unit_broadcast
 from sparse_bnn.prune import check_keep, compact
 
 SHRINK_FILE = "shrink.json"
 DEFAULT_THRESHOLD = 0.01  # floor of the default removal threshold, see ShrinkSchedule
 VARIATIONAL_SUFFIXES = ("loc", "rho", "logit")
 
-__all__ = ["ShrinkSchedule", "ShrinkResult", "bucketed_width", "fit_shrinking", "release_units", "removal_threshold", "shrunk_model",
-           "site_unit_axes", "slice_masks", "slice_opt_state", "slice_sites", "slice_variational"]
+__all__ = ["ShrinkSchedule", "ShrinkResult", "bucketed_width", "fit_shrinking", "keep_from_origin",
+           "release_units", "removal_threshold", "shrunk_model", "site_unit_axes", "slice_masks",
+           "slice_opt_state", "slice_sites", "slice_variational"]
 
 
 class ShrinkSchedule(NamedTuple):
@@ -405,9 +406,12 @@ def _write_json(directory: Path, name: str, payload: dict) -> None:
     os.replace(tmp, directory / name)
 
 
-def _keep_from_origin(bnn: SparseBNN, origin: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def keep_from_origin(layers: Sequence[UnitLayer], origin: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """``{layer: bool [original units]}`` over the original network's ``layers``: True at the
+    indices ``origin[layer]`` lists (a :class:`ShrinkResult`'s ``unit_origin``, or a subset of
+    it), for the layers in ``origin``."""
     keep = {}
-    for layer in bnn.layers:
+    for layer in layers:
         if layer.name in origin:
             mask = np.zeros(layer.units, bool)
             mask[np.asarray(origin[layer.name], np.int64)] = True
@@ -502,9 +506,7 @@ def fit_shrinking(bnn: SparseBNN, x, y, *, epochs: int, shrink: ShrinkSchedule =
     def finish_epoch(state: TrainState, record: dict) -> TrainState:
         nonlocal bnn, compiled, evaluate
         epoch = record["epoch"]
-        record["kept"] = kept_units(bnn, state.params, masks=state.masks)
-        if evaluate is not None:
-            record.update(evaluate(state.params, state.masks))
+        record.update(epoch_summary(bnn, state, evaluate))
         removed_now, state = _remove_units(bnn, state, tracker, shrink, epoch)
         record["removed"] = removed_now
         alive = {name: np.asarray(state.masks.units[name]) > 0.5 for name in tracker.origin}
@@ -584,7 +586,7 @@ def _resume(bnn: SparseBNN, state: TrainState, tracker: _Tracker, directory: Pat
     problems = []
     for entry in reversed(entries):
         saved = _Tracker.from_json(entry)
-        keep = _keep_from_origin(bnn, saved.origin)
+        keep = keep_from_origin(bnn.layers, saved.origin)
         small, template = (shrink_state(bnn, state, keep) if any(not m.all() for m in keep.values())
                            else (bnn, state))
         try:

@@ -59,9 +59,9 @@ def run_config(net: str, method: str, schedule: dict, args: argparse.Namespace, 
     prior, bmr = ("flat", "nodewise") if method == "bmr" else (method, "none")
     return RunConfig(out=str(out), data="fashion-mnist", net=net, widths=list(MLP_WIDTHS), prior=prior,
                      bmr=bmr, epochs=schedule["epochs"], batch_size=schedule["batch_size"],
-                     lr=schedule["lr"], indicator_lr=schedule.get("indicator_lr"),
-                     rho_init=schedule.get("rho_init", -6.0),
-                     shrink=bool(schedule.get("shrink")) and method in SHRINKABLE, seed=args.seed, data_dir=args.data_dir, n_train=args.n_train,
+                     lr=schedule["lr"], **{k: schedule[k] for k in ("indicator_lr", "rho_init") if k in schedule},
+                     shrink=bool(schedule.get("shrink")) and method in SHRINKABLE, seed=args.seed,
+                     data_dir=args.data_dir, n_train=args.n_train,
                      n_test=args.n_test, samples=args.samples, latency=not args.no_latency,
                      download=not args.no_download)
 

@@ -12,8 +12,9 @@ Wall-clock is the whole training call, compilation included (shrinking recompile
 the Bayesian runs is Bayesian model averaging over 10 posterior samples on the test set;
 ``density`` is the fraction of the dense MLP's weights in the compact (median-probability)
 network. Both Bayesian runs use the main job's settings: Adam 3e-3, the indicator logits at
-1e-2 (``--indicator-lr``, :func:`sparse_bnn.fit.svi_optimizer`), and ``rho_init = -3``. Units are removed when ``gamma < max(0.01, 2 lambda_l)`` (``--threshold`` sets a
-fixed value) for ``--patience`` epochs after ``--warmup``.
+1e-2 (``--indicator-lr``, :func:`sparse_bnn.fit.svi_optimizer`), and ``rho_init = -3``. Units
+are removed when ``gamma < max(0.01, 2 lambda_l)`` (``--threshold`` sets a fixed value) for
+``--patience`` epochs after ``--warmup``.
 
     python benchmarks/shrink.py --epochs 300 --out benchmarks/results/shrink.json
 """

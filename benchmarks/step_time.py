@@ -13,11 +13,16 @@ ratio to the deterministic step is the median of the per-round ratios.
     python benchmarks/step_time.py --net lenet5-caffe --priors ss-ghs ss-gl gaussian
     python benchmarks/step_time.py --net resnet20 --priors ss-ghs ss-gl gaussian --quick   # batch 128
     python benchmarks/step_time.py --also-rng threefry-nonpartitionable   # extra rows, another RNG
-    python benchmarks/step_time.py --pairwise-noise   # extra rows, SparseBNN(partitionable_noise=False)
+    python benchmarks/step_time.py --compare-noise   # extra rows: the guide's noise from threefry
 
-RNG settings (they change the random streams, so they are options, never silent defaults):
+Weight noise: the rows of ``--priors`` draw the guide's weight noise as the library does by
+default (``SparseBNN(weight_noise="hash")``, ``sparse_bnn.noise``); ``--compare-noise`` adds, for
+``--also-rng-priors``, rows with ``weight_noise="threefry"`` (``jax.random.normal``) and with
+threefry hashing once per two normals (``partitionable_noise=False``).
+
+RNG settings (JAX's global PRNG, which also shuffles and keys every site):
 ``threefry`` is JAX's default (partitionable threefry); ``threefry-nonpartitionable`` sets
-``jax_threefry_partitionable=False`` (one 64-bit hash per two normals instead of one per normal);
+``jax_threefry_partitionable=False`` (one 64-bit hash per two numbers instead of one per number);
 ``rbg``/``unsafe_rbg`` set ``jax_default_prng_impl`` (XLA's RngBitGenerator; very slow on CPU).
 
 Writes ``benchmarks/results/step_time.json`` for the MLP and ``step_time_<net>.json`` for the
@@ -144,10 +149,11 @@ def run(args) -> dict:
         "deterministic": (args.rng, lambda: deterministic_epoch(make_net(nnx.Rngs(0)), n_data, batch_size))}
     for prior in args.priors:
         builders[prior] = (args.rng, lambda prior=prior: svi_epoch(make_net(nnx.Rngs(0)), prior, n_data, batch_size))
-    if args.pairwise_noise:
+    if args.compare_noise:
         for prior in args.also_rng_priors:
-            builders[f"{prior} [partitionable_noise=False]"] = (args.rng, lambda prior=prior: svi_epoch(
-                make_net(nnx.Rngs(0)), prior, n_data, batch_size, partitionable_noise=False))
+            for label, options in (("threefry", {}), ("threefry, pairwise", {"partitionable_noise": False})):
+                builders[f"{prior} [{label}]"] = (args.rng, lambda prior=prior, options=options: svi_epoch(
+                    make_net(nnx.Rngs(0)), prior, n_data, batch_size, weight_noise="threefry", **options))
     for rng in args.also_rng:
         for prior in args.also_rng_priors:
             builders[f"{prior} [{rng}]"] = (rng, lambda prior=prior: svi_epoch(
@@ -211,8 +217,8 @@ def main(argv=None) -> None:
     parser.add_argument("--rng", default="threefry", choices=list(RNG_SETTINGS), help="for every row")
     parser.add_argument("--also-rng", nargs="*", default=[], choices=list(RNG_SETTINGS),
                         help="extra rows: --also-rng-priors under these RNG settings")
-    parser.add_argument("--pairwise-noise", action="store_true",
-                        help="extra rows: --also-rng-priors with SparseBNN(partitionable_noise=False)")
+    parser.add_argument("--compare-noise", action="store_true",
+                        help="extra rows: --also-rng-priors with weight_noise='threefry' (pairwise or not)")
     parser.add_argument("--also-rng-priors", nargs="+", default=["ss-ghs", "ss-gl"], choices=list(PRIORS))
     parser.add_argument("--quick", action="store_true", help="10 steps, 3 rounds, 1 warm-up epoch")
     parser.add_argument("--out", type=Path, default=None,

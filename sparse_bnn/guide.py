@@ -2,7 +2,8 @@
 
 * ``q(z_lj) = Bernoulli(sigmoid(theta_lj))``, sampled through the binary Concrete relaxation
   at temperature ``T``; the hard (straight-through) variant is exactly Bernoulli forward.
-* ``q(w~) = N(loc, softplus(rho)^2)`` per weight, ``loc`` at the network's fan-in initialisation.
+* ``q(w~) = N(loc, softplus(rho)^2)`` per weight, ``loc`` at the network's fan-in initialisation;
+  its noise comes from ``bnn.weight_noise`` (:mod:`sparse_bnn.noise`).
 * ``q(scale) = LogNormal(loc, softplus(rho)^2)`` per scale site.
 
 Variational parameter names: ``{site}.loc`` / ``{site}.rho`` for normal and log-normal factors,
@@ -20,6 +21,7 @@ import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
 from sparse_bnn.nets.base import unit_broadcast
+from sparse_bnn.noise import WEIGHT_NOISE
 from sparse_bnn.priors.base import LogNormalFactor
 
 if TYPE_CHECKING:
@@ -130,11 +132,12 @@ def _sample_sites(bnn: "SparseBNN") -> dict[str, jax.Array]:
         logits = numpyro.param(f"{layer.name}.z.logit", init[f"{layer.name}.z.logit"])
         values[f"{layer.name}.z"] = numpyro.sample(
             f"{layer.name}.z", ConcreteBernoulli(logits, bnn.temperature, bnn.hard).to_event(1))
+    weight_noise = WEIGHT_NOISE[getattr(bnn, "weight_noise", "threefry")]
     for path, shape in bnn.shapes.items():
         site = bnn.weight_site(path)
         loc = numpyro.param(f"{site}.loc", init[f"{site}.loc"])
         scale = softplus(numpyro.param(f"{site}.rho", init[f"{site}.rho"]))
-        values[site] = numpyro.sample(site, dist.Normal(loc, scale).to_event(len(shape)))
+        values[site] = numpyro.sample(site, weight_noise(loc, scale).to_event(len(shape)))
     return values
 
 

@@ -21,6 +21,7 @@ from flax import nnx
 
 from sparse_bnn.inclusion import layer_inclusion_probs
 from sparse_bnn.nets.base import FunctionalNet, Path, flatten_paths, UnitLayer, path_name, unit_broadcast
+from sparse_bnn.noise import WEIGHT_NOISE
 from sparse_bnn.priors.base import Prior
 
 LIKELIHOODS = ("categorical", "gaussian")
@@ -60,18 +61,19 @@ class SparseBNN:
       rho_init: initial ``rho`` of every normal and log-normal factor (``std = softplus(rho)``).
       freeze_indicators: the fine-tuning phase: indicators are fixed at ``masks.units`` (no
         sampling, no Bernoulli KL, ``theta`` unused), everything else keeps training.
-      partitionable_noise: ``jax_threefry_partitionable`` while the guide draws its noise;
-        ``None`` (default) follows JAX's global setting. ``False`` makes threefry hash once per
-        two normals instead of once per normal: the same generator, different random streams,
-        and a faster SVI step on CPU, where the guide's ~one normal per weight dominates the
-        step's extra cost (``benchmarks/step_time.py``).
+      weight_noise: generator of the guide's Gaussian weight noise (one normal per weight per
+        step, the largest cost the guide adds to a step): ``"hash"`` (default) a keyed counter
+        hash (:mod:`sparse_bnn.noise`, ~8x cheaper on CPU), ``"threefry"`` ``jax.random.normal``.
+      partitionable_noise: with ``weight_noise="threefry"`` only: ``jax_threefry_partitionable``
+        while the guide draws its noise; ``None`` (default) follows JAX's global setting.
+        ``False`` makes threefry hash once per two normals instead of once per normal.
     """
 
     def __init__(self, net: nnx.Module, prior: Prior, n_data: int, *, likelihood: str = "categorical",
                  noise: float | None = None, inclusion: str | float | Mapping[str, float] = "theory",
                  centred: bool = False, temperature: float = 0.5, hard: bool = True,
                  init_inclusion: float = 0.99, rho_init: float = -6.0, freeze_indicators: bool = False,
-                 partitionable_noise: bool | None = None):
+                 weight_noise: str = "hash", partitionable_noise: bool | None = None):
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"unknown likelihood {likelihood!r}; choose one of {LIKELIHOODS}")
         if int(n_data) <= 0:
@@ -84,11 +86,16 @@ class SparseBNN:
             raise ValueError(f"noise must be positive (or None to learn it), got {noise}")
         if not np.isfinite(rho_init):
             raise ValueError(f"rho_init must be finite, got {rho_init}")
+        if weight_noise not in WEIGHT_NOISE:
+            raise ValueError(f"unknown weight_noise {weight_noise!r}; choose one of {tuple(WEIGHT_NOISE)}")
+        if partitionable_noise is not None and weight_noise != "threefry":
+            raise ValueError("partitionable_noise is a threefry setting; it needs weight_noise='threefry'")
         self.net, self.prior, self.n_data = net, prior, int(n_data)
         self.likelihood, self.noise = likelihood, noise
         self.centred, self.temperature, self.hard = centred, float(temperature), hard
         self.init_inclusion, self.rho_init = float(init_inclusion), float(rho_init)
         self.freeze_indicators = freeze_indicators
+        self.weight_noise = weight_noise
         self.partitionable_noise = None if partitionable_noise is None else bool(partitionable_noise)
         self.functional = FunctionalNet(net)
         self.layers: tuple[UnitLayer, ...] = tuple(net.unit_layers())

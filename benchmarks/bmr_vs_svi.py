@@ -7,7 +7,9 @@ Methods, each on the same network and data:
 * ``flat-svi``: mean-field SVI of the flat model (no pruning);
 * ``group-horseshoe``: group horseshoe without spike;
 * ``bmr-elementwise`` / ``bmr-nodewise``: flat SVI with iterative BMR (:func:`fit_with_bmr`);
-* ``ss-gl`` / ``ss-ghs``: spike-and-slab group lasso / group horseshoe.
+* ``ss-gl`` / ``ss-ghs``: spike-and-slab group lasso / group horseshoe;
+* ``bmr-nodewise-shrink`` / ``ss-ghs-shrink``: the same, removing pruned units physically while
+  training (``fit_with_bmr(shrink=...)`` / ``fit_shrinking``), so later epochs run on a smaller net.
 
 Reports test accuracy, NLL, ECE (Bayesian model averaging over posterior samples), fractions of
 weights and units pruned, training wall-clock; writes JSON + markdown to ``benchmarks/results/``
@@ -37,9 +39,11 @@ from sparse_bnn.nets import NETS, MLP
 from sparse_bnn.posterior import predict
 from sparse_bnn.priors import get_prior
 from sparse_bnn.reduction import fit_with_bmr, sparsity
+from sparse_bnn.shrink import ShrinkSchedule, fit_shrinking
 
 RESULTS = Path(__file__).parent / "results"
-METHODS = ("map", "flat-svi", "group-horseshoe", "bmr-elementwise", "bmr-nodewise", "ss-gl", "ss-ghs")
+METHODS = ("map", "flat-svi", "group-horseshoe", "bmr-elementwise", "bmr-nodewise", "ss-gl", "ss-ghs",
+           "bmr-nodewise-shrink", "ss-ghs-shrink")
 SETTINGS = {
     "quick": {"n_train": 10000, "n_test": 2000, "epochs": 6, "warmup": 3, "batch_size": 256,
               "mlp_widths": (100, 100), "nets": ("mlp",), "lr": 3e-3, "indicator_lr": 1e-2,
@@ -105,33 +109,43 @@ def run_method(method, net_name, data, setting, seed=0):
         wall = time.perf_counter() - started
         out = {"pruned_weights": 0.0, "pruned_units": 0.0}
     else:
-        prior = {"flat-svi": "flat", "bmr-elementwise": "flat", "bmr-nodewise": "flat"}.get(method, method)
+        shrinking = method.endswith("-shrink")
+        base = method.removesuffix("-shrink")
+        prior = "flat" if base in ("flat-svi", "bmr-elementwise", "bmr-nodewise") else base
         bnn = SparseBNN(net, get_prior(prior), n_data=data.x_train.shape[0], rho_init=setting["rho_init"])
         # the indicator rate only touches spike-and-slab priors' indicator logits
         common = dict(epochs=setting["epochs"], batch_size=setting["batch_size"], seed=seed,
                       optimizer=svi_optimizer(setting["lr"], setting["indicator_lr"]), progress=False)
-        if method.startswith("bmr-"):
-            result = fit_with_bmr(bnn, data.x_train, data.y_train, mode=method[4:],
-                                  warmup_epochs=setting["warmup"], **common)
+        if base.startswith("bmr-"):
+            result = fit_with_bmr(bnn, data.x_train, data.y_train, mode=base[4:],
+                                  warmup_epochs=setting["warmup"],
+                                  shrink=ShrinkSchedule() if shrinking else None, **common)
+        elif shrinking:
+            result = fit_shrinking(bnn, data.x_train, data.y_train, shrink=ShrinkSchedule(), **common)
         else:
             result = fit(bnn, data.x_train, data.y_train, **common)
         wall = time.perf_counter() - started
         masks, history = result.state.masks, result.history
-        probs = predict(bnn, result.params, data.x_test, n_samples=setting["n_samples"], masks=masks)
-        out = sparsity(bnn, result.params, masks)
+        probs = predict(result.bnn, result.params, data.x_test, n_samples=setting["n_samples"], masks=masks)
+        out = sparsity(result.bnn, result.params, masks)
+        # fractions of the original network (a shrunk run ends on a smaller one)
+        total_weights = sum(int(np.prod(shape)) for shape in bnn.shapes.values())
+        final_weights = sum(int(np.prod(shape)) for shape in result.bnn.shapes.values())
         units_total = sum(l.units for l in bnn.layers if l.prunable)
+        out["pruned_weights"] = 1.0 - (1.0 - out["pruned_weights"]) * final_weights / total_weights
+        out["pruned_units"] = 1.0 - sum(out["kept_units"].values()) / units_total
         for record in history:
             record["pruned_units"] = 1.0 - sum(record["kept"].values()) / units_total
         out["compile_seconds"] = result.compile_seconds
         out["bmr_seconds_mean"] = float(np.mean([r["bmr_seconds"] for r in history if r.get("bmr_seconds")])) \
-            if method.startswith("bmr-") else None
+            if base.startswith("bmr-") and not shrinking else None
     metrics = classification_metrics(jnp.asarray(probs), jnp.asarray(data.y_test))
     epoch_seconds = [r["seconds"] for r in history]
     out.update({"method": method, "net": net_name, "accuracy": metrics["accuracy"], "nll": metrics["nll"],
                 "ece": metrics["ece"], "wall_seconds": wall, "train_seconds": float(np.sum(epoch_seconds)),
                 "epoch_seconds_median": float(np.median(epoch_seconds)),
                 "history": [{k: v for k, v in r.items() if k in ("epoch", "pruned_fraction", "pruned_units",
-                                                                  "seconds", "bmr_seconds", "kept")}
+                                                                  "seconds", "bmr_seconds", "kept", "widths")}
                             for r in history]})
     if out.get("bmr_seconds_mean"):
         out["bmr_over_epoch"] = out["bmr_seconds_mean"] / out["epoch_seconds_median"]

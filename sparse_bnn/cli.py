@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     from sparse_bnn.nets import NETS
     from sparse_bnn.nets.mlp import ACTIVATIONS
     from sparse_bnn.priors import PRIORS
+    from sparse_bnn.noise import WEIGHT_NOISE
     from sparse_bnn.run import BMR_MODES
 
     parser = argparse.ArgumentParser(
@@ -78,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--rho-init", type=float, default=-6.0,
                       help="initial rho of the weights' posterior scales softplus(rho) (reference -6; "
                            "-3 separates units within a short schedule, see the README)")
+    what.add_argument("--weight-noise", default="hash", choices=sorted(WEIGHT_NOISE),
+                      help="generator of the guide's weight noise: a fast counter hash (default) or "
+                           "jax.random.normal's threefry")
     what.add_argument("--soft", action="store_true", help="soft Concrete relaxation instead of straight-through")
     what.add_argument("--centred", action="store_true", help="centred parametrisation")
 
@@ -96,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--bmr", default="none", choices=BMR_MODES,
                        help="Bayesian model reduction during training")
     train.add_argument("--shrink", action="store_true",
-                       help="remove switched-off units while training and continue on the smaller network")
+                       help="remove switched-off units while training and continue on the smaller network "
+                            "(spike-and-slab priors; with --bmr nodewise, the units the reduction prunes)")
     train.add_argument("--shrink-warmup", type=int, default=10, help="epochs before any unit is removed")
     train.add_argument("--shrink-patience", type=int, default=3,
                        help="consecutive epochs below the threshold before a unit is removed")

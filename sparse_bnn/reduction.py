@@ -8,7 +8,8 @@ posterior, and keep training the reduced model:
 * :func:`elementwise_masks`: prune entries with ``Delta F > zeta`` (learned per-layer rate);
 * :func:`node_reduction` / :func:`node_keep_masks`: sum ``Delta F`` over each unit's group and
   switch whole units off, which :mod:`sparse_bnn.prune` turns into a compact network;
-* :func:`fit_with_bmr`: warm-up SVI epochs, then a jitted reduction after every epoch.
+* :func:`fit_with_bmr`: warm-up SVI epochs, then a jitted reduction after every epoch;
+  node-wise, it can also shrink the network physically while it trains (``shrink=``).
 
 >>> bnn = SparseBNN(MLP(784, (400, 400), 10, rngs=nnx.Rngs(0)), Flat(), n_data=60000)
 >>> result = fit_with_bmr(bnn, x, y, mode="nodewise", warmup_epochs=5, epochs=20)
@@ -37,6 +38,7 @@ from sparse_bnn.fit import (FitResult, TrainState, epoch_summary, init_state, lo
 from sparse_bnn.guide import softplus
 from sparse_bnn.model import Masks, SparseBNN
 from sparse_bnn.nets.base import UnitLayer, unit_broadcast
+from sparse_bnn.shrink import ShrinkSchedule, fewest_first, fit_shrinking
 
 MODES = ("elementwise", "nodewise")
 NODE_THRESHOLDS = ("zero", "learned")
@@ -198,18 +200,22 @@ def cap_pruning(delta_f: jax.Array, live: jax.Array, zeta, max_fraction: float,
         return candidates
     allowed = jnp.floor(max_fraction * jnp.sum(live))
     scores = jnp.where(candidates, delta_f, -jnp.inf)
-    low = jnp.asarray(zeta, delta_f.dtype)
-    high = jnp.max(jnp.where(candidates, delta_f, low))
 
-    def bisect(_, bounds):
-        low, high = bounds
-        middle = 0.5 * (low + high)
-        too_many = jnp.sum(scores > middle) > allowed
-        return jnp.where(too_many, middle, low), jnp.where(too_many, high, middle)
+    def capped(_):
+        low = jnp.asarray(zeta, delta_f.dtype)
+        high = jnp.max(scores)
 
-    low, high = jax.lax.fori_loop(0, n_bisect, bisect, (low, high))
-    cut = jnp.where(jnp.sum(candidates) > allowed, high, low)
-    return candidates & (scores > cut)
+        def bisect(_, bounds):
+            low, high = bounds
+            middle = 0.5 * (low + high)
+            too_many = jnp.sum(scores > middle) > allowed
+            return jnp.where(too_many, middle, low), jnp.where(too_many, high, middle)
+
+        _, cut = jax.lax.fori_loop(0, n_bisect, bisect, (low, high))
+        return candidates & (scores > cut)
+
+    # Once the first steps have thinned a layer, the candidates rarely exceed the cap: no search.
+    return jax.lax.cond(jnp.sum(candidates) > allowed, capped, lambda _: candidates, None)
 
 
 def node_keep_masks(bnn: SparseBNN, params: Mapping[str, jax.Array], masks: Masks | None = None,
@@ -242,6 +248,40 @@ def node_keep_masks(bnn: SparseBNN, params: Mapping[str, jax.Array], masks: Mask
             zeta = 0.0
         keep[name] = old * (~cap_pruning(delta_f, old, zeta, max_prune_fraction)).astype(jnp.float32)
     return keep
+
+
+class NodeBMRRule:
+    """:func:`sparse_bnn.shrink.fit_shrinking`'s removal rule for node-wise BMR: after every epoch
+    from ``warmup_epochs`` on, the units :func:`node_keep_masks` prunes (capped per step, largest
+    ``Delta F`` first) are removed and the network shrinks as with the ``gamma`` rule."""
+
+    def __init__(self, warmup_epochs: int, reduced_var_ratio: float = DEFAULT_REDUCED_VAR_RATIO,
+                 node_threshold: str = "zero", n_iter: int = 10,
+                 max_prune_fraction: float = DEFAULT_MAX_PRUNE_FRACTION):
+        self.warmup_epochs = int(warmup_epochs)
+        self.options = (reduced_var_ratio, node_threshold, n_iter, max_prune_fraction)
+        self._model, self._reduce = None, None
+
+    def layers(self, bnn: SparseBNN) -> list[UnitLayer]:
+        _check_bnn(bnn)
+        return list(prunable_layers(bnn))
+
+    def __call__(self, bnn, state, tracker, schedule, epoch):
+        if epoch < self.warmup_epochs:
+            return {}
+        if bnn is not self._model:  # a new (shrunk) model: new shapes, compile again
+            ratio, threshold, n_iter, fraction = self.options
+            self._model = bnn
+            self._reduce = jax.jit(lambda params, masks: (
+                node_keep_masks(bnn, params, masks, ratio, threshold, n_iter, fraction),
+                node_reduction(bnn, params, masks, ratio)))
+        keep, delta_f = jax.device_get(self._reduce(state.params, state.masks))
+        gone = {}
+        for name, kept in keep.items():
+            alive = np.asarray(state.masks.units[name]) > 0.5
+            gone[name] = fewest_first(np.flatnonzero(alive & (kept < 0.5)), -delta_f[name], alive,
+                                      schedule.min_units)
+        return gone
 
 
 # ----------------------------------------------------------------------------------------------
@@ -419,7 +459,8 @@ def fit_with_bmr(bnn: SparseBNN, x, y, *, mode: str = "elementwise", warmup_epoc
                  resume: bool = False, callbacks: Sequence[Callable[[int, dict, TrainState], None]] = (),
                  masks: Masks | None = None, init_params: Mapping[str, jax.Array] | None = None,
                  reduced_var_ratio: float = DEFAULT_REDUCED_VAR_RATIO, node_threshold: str = "zero",
-                 n_iter: int = 10, max_prune_fraction: float = DEFAULT_MAX_PRUNE_FRACTION) -> FitResult:
+                 n_iter: int = 10, max_prune_fraction: float = DEFAULT_MAX_PRUNE_FRACTION,
+                 shrink: ShrinkSchedule | None = None) -> FitResult:
     """SVI with iterative Bayesian model reduction (issue 6, ``math.md`` §6).
 
     ``warmup_epochs`` plain SVI epochs, then after every epoch ``e >= warmup_epochs`` a jitted
@@ -431,7 +472,9 @@ def fit_with_bmr(bnn: SparseBNN, x, y, *, mode: str = "elementwise", warmup_epoc
       (``node_threshold="learned"`` for the learned per-layer rate; see :func:`node_keep_masks`).
 
     Pruned entries and units stay pruned; the output layer is never pruned. The epoch is
-    compiled once (masks are jit data with a fixed structure).
+    compiled once (masks are jit data with a fixed structure); with ``shrink`` (node-wise only)
+    the pruned units are removed physically and the network shrinks while it trains
+    (:func:`sparse_bnn.shrink.fit_shrinking` with :class:`NodeBMRRule`).
 
     Args:
       bnn: a non-centred model with a Gaussian slab (``Flat()`` is the intended one).
@@ -445,12 +488,17 @@ def fit_with_bmr(bnn: SparseBNN, x, y, *, mode: str = "elementwise", warmup_epoc
       max_prune_fraction: at most this share of a layer's live units (node-wise) or entries
         (element-wise) is pruned per reduction step, those with the largest ``Delta F``
         (:func:`cap_pruning`); ``1.0`` prunes every candidate at once.
+      shrink: a :class:`~sparse_bnn.shrink.ShrinkSchedule` whose ``bucket``, ``shrink_factor``
+        and ``min_units`` shape the shrinking (its ``warmup_epochs``, ``threshold`` and
+        ``patience`` belong to the ``gamma`` rule and are not used); node-wise mode only.
 
     Returns:
       :class:`FitResult` whose ``state.masks`` holds the final masks (pass them to
       ``posterior_mean_params``/``predict``/``kept_units``). History records are those of ``fit``
       plus ``pruned_fraction`` (of all weight entries), ``live_units`` per prunable layer,
       ``bmr_seconds`` (the reduction step's wall-clock, 0 in warm-up epochs) and ``zeta``.
+      With ``shrink``: a :class:`~sparse_bnn.shrink.ShrinkResult` (the final, smaller model and
+      the original index of each of its units) with ``fit_shrinking``'s history records.
     """
     _check_bnn(bnn)
     if mode not in MODES:
@@ -468,6 +516,15 @@ def fit_with_bmr(bnn: SparseBNN, x, y, *, mode: str = "elementwise", warmup_epoc
         raise ValueError(f"max_prune_fraction must lie in (0, 1], got {max_prune_fraction}")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir")
+    if shrink is not None:
+        if mode != "nodewise":
+            raise ValueError("shrinking removes whole units; element-wise BMR prunes single weights. "
+                             "Use mode='nodewise' with shrink, or leave shrink out")
+        rule = NodeBMRRule(warmup_epochs, reduced_var_ratio, node_threshold, n_iter, max_prune_fraction)
+        return fit_shrinking(bnn, x, y, epochs=epochs, shrink=shrink, batch_size=batch_size,
+                             optimizer=optimizer, seed=seed, augment=augment, progress=progress,
+                             validation=validation, checkpoint_dir=checkpoint_dir, resume=resume,
+                             callbacks=callbacks, masks=masks, init_params=init_params, rule=rule)
     x, y = validate_data(bnn, x, y)
     n_data = x.shape[0]
     if n_data != bnn.n_data:

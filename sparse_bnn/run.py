@@ -41,6 +41,7 @@ from sparse_bnn.data import Dataset, DataNotFoundError, flip_augment, load_datas
 from sparse_bnn.fit import FitResult, fit, init_state, save_checkpoint, svi_optimizer
 from sparse_bnn.model import Masks, SparseBNN
 from sparse_bnn.nets import NETS, FunctionalNet, net_from_config
+from sparse_bnn.noise import WEIGHT_NOISE
 from sparse_bnn.priors import PRIORS, get_prior
 
 CONFIG_FILE = "config.json"
@@ -59,7 +60,7 @@ REGRESSION_LIKELIHOOD_NOISE = None  # learned
 _MODEL_FIELDS = ("data", "net", "widths", "prior", "batch_size", "lr", "indicator_lr", "seed", "validation_fraction",
                  "n_train", "n_test", "sigma0", "inclusion", "temperature", "soft", "centred",
                  "augment", "activation", "bmr", "shrink", "rho_init", "shrink_warmup", "shrink_patience",
-                 "shrink_threshold")
+                 "shrink_threshold", "weight_noise")
 
 
 class RunDirectoryError(ValueError):
@@ -94,6 +95,7 @@ class RunConfig:
     inclusion: str | float | None = None
     temperature: float = 0.5
     rho_init: float = -6.0
+    weight_noise: str = "hash"
     soft: bool = False
     centred: bool = False
     threshold: float = 0.5
@@ -117,8 +119,17 @@ class RunConfig:
             raise ValueError(f"unknown prior {self.prior!r}; choose one of {', '.join(sorted(PRIORS))}")
         if self.bmr not in BMR_MODES:
             raise ValueError(f"unknown --bmr mode {self.bmr!r}; choose one of {', '.join(BMR_MODES)}")
+        if self.bmr == "elementwise" and self.shrink:
+            raise ValueError("--shrink removes whole units; element-wise BMR prunes single weights. "
+                             "Use --bmr nodewise with --shrink")
         if self.bmr != "none" and self.shrink:
-            raise ValueError("--bmr and --shrink are two different training schemes; pick one")
+            gamma_options = [f"--{name.replace('_', '-')}" for name in ("shrink_warmup", "shrink_patience",
+                                                                       "shrink_threshold")
+                             if getattr(self, name) != _FIELD_DEFAULTS[name]]
+            if gamma_options:
+                raise ValueError(f"{', '.join(gamma_options)} set the spike-and-slab removal rule of "
+                                 "--shrink; with --bmr nodewise the reduction decides which units go "
+                                 "(after epochs // 2 warm-up epochs), so leave them out")
         for name in ("epochs", "fine_tune_epochs"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -142,6 +153,8 @@ class RunConfig:
             raise ValueError(f"inclusion probability must lie in (0, 1), got {self.inclusion}")
         if not math.isfinite(self.rho_init):
             raise ValueError(f"rho_init must be finite, got {self.rho_init}")
+        if self.weight_noise not in WEIGHT_NOISE:
+            raise ValueError(f"unknown weight_noise {self.weight_noise!r}; choose one of {tuple(WEIGHT_NOISE)}")
         if self.shrink:
             self.shrink_schedule().validate()
         if self.devices is not None and int(self.devices) <= 0:
@@ -165,6 +178,9 @@ class RunConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> "RunConfig":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -204,7 +220,8 @@ def build_model(config: RunConfig, dataset: Dataset, net_cfg: Mapping[str, Any],
     return SparseBNN(net, get_prior(config.prior, sigma_0=float(sigma_0)), n_data=len(dataset.x_train),
                      likelihood=likelihood, noise=REGRESSION_LIKELIHOOD_NOISE, inclusion=inclusion,
                      centred=config.centred, temperature=config.temperature, hard=not config.soft,
-                     rho_init=config.rho_init, freeze_indicators=freeze_indicators)
+                     rho_init=config.rho_init, freeze_indicators=freeze_indicators,
+                     weight_noise=config.weight_noise)
 
 
 def load_run_dataset(config: RunConfig) -> Dataset:
@@ -298,7 +315,8 @@ def _fit_function(config: RunConfig) -> Callable[..., FitResult]:
         except ImportError as error:
             raise ValueError(f"--bmr {config.bmr} needs sparse_bnn.reduction.fit_with_bmr, which this "
                              f"installation lacks ({error}); run without --bmr") from error
-        return lambda bnn, x, y, **kwargs: fit_with_bmr(bnn, x, y, mode=config.bmr, **kwargs)
+        shrink = config.shrink_schedule() if config.shrink else None
+        return lambda bnn, x, y, **kwargs: fit_with_bmr(bnn, x, y, mode=config.bmr, shrink=shrink, **kwargs)
     if config.shrink:
         try:
             from sparse_bnn.shrink import fit_shrinking

@@ -15,6 +15,10 @@ the same epochs and, after a warm-up,
    (:func:`slice_variational`, :func:`slice_opt_state`); the epoch is recompiled then, and only
    then. Removed units that fill a bucket stay as padding with unit mask 0.
 
+Which units go is a :class:`RemovalRule`: :class:`GammaRule` (step 1, the default) or
+node-wise Bayesian model reduction (``reduction.NodeBMRRule``, through
+``reduction.fit_with_bmr(mode="nodewise", shrink=...)``), for models without indicators.
+
 Because widths only shrink, in steps of ``bucket`` units and only when some layer's width falls
 to ``shrink_factor`` (default 1/2) of its physical width or less, a run compiles at most
 ``1 + sum_l ceil(k_l / bucket)`` times, and in practice about ``log2(k_l / bucket)``.
@@ -53,7 +57,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -70,7 +74,7 @@ SHRINK_FILE = "shrink.json"
 DEFAULT_THRESHOLD = 0.01  # floor of the default removal threshold, see ShrinkSchedule
 VARIATIONAL_SUFFIXES = ("loc", "rho", "logit")
 
-__all__ = ["ShrinkSchedule", "ShrinkResult", "bucketed_width", "fit_shrinking", "keep_from_origin",
+__all__ = ["GammaRule", "RemovalRule", "ShrinkSchedule", "ShrinkResult", "bucketed_width", "fewest_first", "fit_shrinking", "keep_from_origin",
            "release_units", "removal_threshold", "shrunk_model", "site_unit_axes", "slice_masks",
            "slice_opt_state", "slice_sites", "slice_variational"]
 
@@ -273,7 +277,8 @@ def shrunk_model(bnn: SparseBNN, keep: Mapping[str, Any]) -> SparseBNN:
                      inclusion=dict(bnn.inclusion) if bnn.inclusion else "theory",
                      centred=bnn.centred, temperature=bnn.temperature, hard=bnn.hard,
                      init_inclusion=bnn.init_inclusion, rho_init=bnn.rho_init,
-                     freeze_indicators=bnn.freeze_indicators)
+                     freeze_indicators=bnn.freeze_indicators, weight_noise=bnn.weight_noise,
+                     partitionable_noise=bnn.partitionable_noise)
 
 
 def shrink_state(bnn: SparseBNN, state: TrainState, keep: Mapping[str, Any]
@@ -380,12 +385,56 @@ def _removals(gamma: np.ndarray, alive: np.ndarray, below: np.ndarray, schedule:
               ) -> np.ndarray:
     """Units (physical indices) to remove now: alive, patience reached, at least ``min_units`` left."""
     candidates = np.flatnonzero(alive & (below >= schedule.patience))
-    spare = int(alive.sum()) - int(schedule.min_units)
+    return fewest_first(candidates, gamma, alive, schedule.min_units)
+
+
+def fewest_first(candidates: np.ndarray, priority: np.ndarray, alive: np.ndarray, min_units: int) -> np.ndarray:
+    """``candidates`` (physical indices), sorted, cut so that ``min_units`` stay alive; when some
+    must stay, those with the lowest ``priority`` go first."""
+    spare = int(alive.sum()) - int(min_units)
     if spare <= 0:
         return np.zeros(0, np.int64)
     if candidates.size > spare:
-        candidates = candidates[np.argsort(gamma[candidates], kind="stable")[:spare]]
+        candidates = candidates[np.argsort(priority[candidates], kind="stable")[:spare]]
     return np.sort(candidates)
+
+
+class RemovalRule(Protocol):
+    """What :func:`fit_shrinking` removes: after each epoch, ``{layer: physical unit indices}``
+    of alive units to remove now (``fewest_first`` keeps ``schedule.min_units``)."""
+
+    def layers(self, bnn: SparseBNN) -> list[UnitLayer]:
+        """The layers whose units the rule removes (they carry unit masks from the start)."""
+
+    def __call__(self, bnn: SparseBNN, state: TrainState, tracker: "_Tracker", schedule: ShrinkSchedule,
+                 epoch: int) -> dict[str, np.ndarray]:
+        ...
+
+
+class GammaRule:
+    """The default rule: a unit goes when its inclusion probability ``gamma`` stayed below
+    :func:`removal_threshold` for ``patience`` consecutive epochs after ``warmup_epochs``."""
+
+    def layers(self, bnn: SparseBNN) -> list[UnitLayer]:
+        layers = [l for l in bnn.layers if bnn.samples_indicator(l)]
+        if not layers:
+            raise ValueError(f"the {bnn.prior.name} prior (freeze_indicators={bnn.freeze_indicators}) "
+                             "has no trainable node indicators, so nothing tells which units to remove; "
+                             "use a spike-and-slab prior (ss-ghs, ss-gl, ss-ig), node-wise BMR "
+                             "(reduction.fit_with_bmr(mode='nodewise', shrink=...)) or plain fit")
+        return layers
+
+    def __call__(self, bnn, state, tracker, schedule, epoch):
+        if epoch <= schedule.warmup_epochs:
+            return {}
+        gone = {}
+        for name in tracker.origin:
+            gamma = np.asarray(jax.nn.sigmoid(state.params[f"{name}.z.logit"]))
+            alive = np.asarray(state.masks.units[name]) > 0.5
+            below = tracker.below[name]
+            below[:] = np.where(alive & (gamma < removal_threshold(bnn, name, schedule)), below + 1, 0)
+            gone[name] = _removals(gamma, alive, below, schedule)
+        return gone
 
 
 def _physical_keep(alive: np.ndarray, target: int) -> np.ndarray:
@@ -425,16 +474,19 @@ def fit_shrinking(bnn: SparseBNN, x, y, *, epochs: int, shrink: ShrinkSchedule =
                   validation: tuple[Any, Any] | None = None, checkpoint_dir: str | Path | None = None,
                   resume: bool = False,
                   callbacks: Sequence[Callable[[int, dict, TrainState], None]] = (),
-                  masks: Masks | None = None, init_params: Mapping[str, jax.Array] | None = None
-                  ) -> ShrinkResult:
+                  masks: Masks | None = None, init_params: Mapping[str, jax.Array] | None = None,
+                  rule: RemovalRule | None = None) -> ShrinkResult:
     """:func:`sparse_bnn.fit.fit` that removes switched-off units and shrinks the network.
 
-    Arguments as :func:`~sparse_bnn.fit.fit`, plus ``shrink`` (a :class:`ShrinkSchedule`).
+    Arguments as :func:`~sparse_bnn.fit.fit`, plus ``shrink`` (a :class:`ShrinkSchedule`) and
+    ``rule``, which decides the removals: :class:`GammaRule` (default; ``gamma`` below a
+    threshold for ``patience`` epochs) or node-wise Bayesian model reduction
+    (``reduction.NodeBMRRule``, what ``fit_with_bmr(mode="nodewise", shrink=...)`` passes).
     ``callbacks`` receive the state of the *current* (possibly smaller) model. Runs on one
     device with the data resident (fit's ``mesh``/``devices``/``streaming`` are not supported).
 
     History records are fit's (``epoch, loss, nll, kl, kept, seconds``, validation) plus
-    ``widths`` (physical units per layer after the epoch's shrink), ``alive`` (units not removed),
+    ``removal_seconds`` (the rule's wall-clock), ``widths`` (physical units per layer after the epoch's shrink), ``alive`` (units not removed),
     ``removed`` (``{layer: [original indices]}`` removed after this epoch) and ``compiled``
     (whether the next epoch needed a recompilation). With ``checkpoint_dir`` the tracker state
     (original index of each physical unit, below-threshold counters) is written to
@@ -451,11 +503,8 @@ def fit_shrinking(bnn: SparseBNN, x, y, *, epochs: int, shrink: ShrinkSchedule =
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir")
-    shrinkable = [l for l in bnn.layers if bnn.samples_indicator(l)]
-    if not shrinkable:
-        raise ValueError(f"the {bnn.prior.name} prior (freeze_indicators={bnn.freeze_indicators}) "
-                         "has no trainable node indicators, so nothing tells which units to remove; "
-                         "use a spike-and-slab prior (ss-ghs, ss-gl, ss-ig) or plain fit")
+    rule = GammaRule() if rule is None else rule
+    shrinkable = rule.layers(bnn)
     for layer in shrinkable:
         if layer.inactive_output != 0.0:
             raise ValueError(f"layer {layer.name!r} has activation(0) = {layer.inactive_output}; "
@@ -507,7 +556,9 @@ def fit_shrinking(bnn: SparseBNN, x, y, *, epochs: int, shrink: ShrinkSchedule =
         nonlocal bnn, compiled, evaluate
         epoch = record["epoch"]
         record.update(epoch_summary(bnn, state, evaluate))
-        removed_now, state = _remove_units(bnn, state, tracker, shrink, epoch)
+        started = time.perf_counter()
+        removed_now, state = _remove_units(bnn, state, tracker, shrink, epoch, rule)
+        record["removal_seconds"] = time.perf_counter() - started
         record["removed"] = removed_now
         alive = {name: np.asarray(state.masks.units[name]) > 0.5 for name in tracker.origin}
         targets = {name: bucketed_width(a.sum(), tracker.original[name], shrink.bucket)
@@ -540,29 +591,23 @@ def fit_shrinking(bnn: SparseBNN, x, y, *, epochs: int, shrink: ShrinkSchedule =
 
 
 def _remove_units(bnn: SparseBNN, state: TrainState, tracker: _Tracker, shrink: ShrinkSchedule,
-                  epoch: int) -> tuple[dict[str, list[int]], TrainState]:
-    """Update the below-threshold counters and mask off the units whose patience ran out."""
+                  epoch: int, rule: RemovalRule) -> tuple[dict[str, list[int]], TrainState]:
+    """Mask off the units ``rule`` removes now and release their consumer rows."""
     removed_now: dict[str, list[int]] = {}
     released: dict[str, np.ndarray] = {}
-    if epoch <= shrink.warmup_epochs:
-        return removed_now, state
     unit_masks = dict(state.masks.units)
-    for name in tracker.origin:
-        gamma = np.asarray(jax.nn.sigmoid(state.params[f"{name}.z.logit"]))
-        alive = np.asarray(unit_masks[name]) > 0.5
-        below = tracker.below[name]
-        below[:] = np.where(alive & (gamma < removal_threshold(bnn, name, shrink)), below + 1, 0)
-        gone = _removals(gamma, alive, below, shrink)
-        if gone.size:
-            mask = np.asarray(unit_masks[name], np.float32).copy()
-            mask[gone] = 0.0
-            unit_masks[name] = jnp.asarray(mask)
-            below[gone] = 0
-            released[name] = np.zeros(mask.shape, bool)
-            released[name][gone] = True
-            original = sorted(int(i) for i in tracker.origin[name][gone])
-            removed_now[name] = original
-            tracker.removed.append({"epoch": epoch, "layer": name, "units": original})
+    for name, gone in rule(bnn, state, tracker, shrink, epoch).items():
+        if not gone.size:
+            continue
+        mask = np.asarray(unit_masks[name], np.float32).copy()
+        mask[gone] = 0.0
+        unit_masks[name] = jnp.asarray(mask)
+        tracker.below[name][gone] = 0
+        released[name] = np.zeros(mask.shape, bool)
+        released[name][gone] = True
+        original = sorted(int(i) for i in tracker.origin[name][gone])
+        removed_now[name] = original
+        tracker.removed.append({"epoch": epoch, "layer": name, "units": original})
     if released:
         params, opt_state = release_units(bnn, state.params, state.opt_state, released)
         state = state._replace(params=params, opt_state=opt_state,

@@ -133,3 +133,11 @@ def test_weight_noise_options_are_checked():
         SparseBNN(net, get_prior("ss-ghs"), n_data=10, weight_noise="philox")
     with pytest.raises(ValueError, match="partitionable_noise"):
         SparseBNN(net, get_prior("ss-ghs"), n_data=10, partitionable_noise=False)
+
+
+def test_a_shrunk_model_keeps_the_noise_options():
+    from sparse_bnn.shrink import shrunk_model
+    bnn = SparseBNN(MLP(8, (6,), 3, rngs=nnx.Rngs(0)), get_prior("ss-ghs"), n_data=10,
+                    weight_noise="threefry", partitionable_noise=False)
+    small = shrunk_model(bnn, {"dense0": np.array([1, 1, 0, 1, 0, 1], bool)})
+    assert (small.layers[0].units, small.weight_noise, small.partitionable_noise) == (4, "threefry", False)

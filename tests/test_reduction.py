@@ -340,3 +340,91 @@ def test_cap_pruning_takes_the_largest_delta_f_first():
     assert pruned(live.at[0].set(0.0), 0.5) == [1, 2, 3]        # 7 live: 3, dead ones never count
     assert pruned(live, 0.5, zeta=3.5) == [0, 1]                 # fewer candidates than allowed
     assert pruned(live, 0.1) == []                               # floor(0.8) = 0
+
+
+def test_nodewise_bmr_with_shrinking_trains_a_smaller_network(teacher):
+    """``fit_with_bmr(shrink=...)``: the units the reduction prunes are removed physically; the
+    run ends on a narrower network that still fits the teacher, in the original unit numbering."""
+    from sparse_bnn.shrink import ShrinkResult, ShrinkSchedule
+    (x, y), (x_test, y_test) = teacher
+    widths = []
+    result = reduction.fit_with_bmr(
+        teacher_bnn(), x, y, mode="nodewise", warmup_epochs=30, epochs=100, batch_size=20,
+        optimizer=optax.adam(1e-2), progress=False, shrink=ShrinkSchedule(bucket=4),
+        callbacks=(lambda e, r, s: widths.append(r["widths"]["dense0"]),))
+    assert isinstance(result, ShrinkResult)
+    alive = np.asarray(result.state.masks.units["dense0"]) > 0.5
+    assert 3 <= alive.sum() <= 8, result.history[-1]
+    # narrower network, physically: the width follows the alive units up in buckets of 4
+    assert result.bnn.layers[0].units == widths[-1] < 50 and widths == sorted(widths, reverse=True)
+    assert widths[-1] <= 4 * int(np.ceil(alive.sum() / 4)) * 2          # shrink_factor 0.5 slack
+    assert result.compilations == 1 + len(set(widths)) - 1
+    # nothing goes in the warm-up; at most half of the alive units per step afterwards
+    assert all(event["epoch"] >= 30 for event in result.removed)
+    alive_counts = [r["alive"]["dense0"] for r in result.history]
+    assert alive_counts[28] == 50
+    for before, after in zip(alive_counts, alive_counts[1:]):
+        assert np.floor(before / 2) <= after <= before
+    assert len(set(result.unit_origin["dense0"].tolist())) == result.bnn.layers[0].units
+    rmse = float(np.sqrt(np.mean((predict_mean(result.bnn, result.params, x_test, masks=result.state.masks)
+                                  - y_test) ** 2)))
+    assert rmse < 1.5 * 0.1
+
+
+def test_shrinking_needs_nodewise_bmr(teacher):
+    from sparse_bnn.shrink import ShrinkSchedule, fit_shrinking
+    (x, y), _ = teacher
+    with pytest.raises(ValueError, match="nodewise"):
+        reduction.fit_with_bmr(teacher_bnn(), x, y, mode="elementwise", epochs=2, progress=False,
+                               shrink=ShrinkSchedule())
+    with pytest.raises(ValueError, match="node-wise BMR"):     # the gamma rule needs indicators
+        fit_shrinking(teacher_bnn(), x, y, epochs=2, progress=False)
+
+
+@pytest.mark.parametrize("mode, shrink, epochs, batch_size", [("elementwise", False, 16, 64),
+                                                              ("nodewise", True, 40, 32)])
+def test_bmr_from_the_cli_options(tmp_path, mode, shrink, epochs, batch_size):
+    """``sparse-bnn fit --prior flat --bmr MODE [--shrink]``: the run prunes after the warm-up
+    (epochs // 2), writes the usual run directory and reports against the original network."""
+    import json
+    from sparse_bnn.cli import build_parser
+    from sparse_bnn.run import RunConfig, build_model, load_run_dataset, net_config, run_experiment
+
+    out = tmp_path / "run"
+    args = build_parser().parse_args(
+        ["fit", "--data", "digits", "--n-train", "320", "--n-test", "100", "--widths", "24,16", "--prior", "flat",
+         "--bmr", mode, *(["--shrink"] if shrink else []), "--batch-size", str(batch_size), "--lr", "1e-2",
+         "--rho-init", "-3", "--epochs", str(epochs), "--samples", "2", "--no-latency", "--weight-noise", "threefry",
+         "--out", str(out)])
+    config = RunConfig(**{k: v for k, v in vars(args).items() if k in set(RunConfig.__dataclass_fields__)})
+    dataset = load_run_dataset(config)
+    assert build_model(config, dataset, net_config(config, dataset)).weight_noise == "threefry"
+    metrics = run_experiment(config, progress=False)
+    history = json.loads((out / "history.json").read_text())
+    saved = json.loads((out / "config.json").read_text())["run"]
+    assert (saved["bmr"], saved["shrink"], saved["weight_noise"]) == (mode, shrink, "threefry")
+    for name in ("metrics.json", "report.json", "compact"):
+        assert (out / name).exists(), name
+    assert metrics["total_units"] == {"dense0": 24, "dense1": 16}
+    assert metrics["params_dense"] == (64 * 24 + 24) + (24 * 16 + 16) + (16 * 10 + 10)
+    assert metrics["bma"]["accuracy"] > 0.5
+    if shrink:
+        assert all(not r["removed"] for r in history[:epochs // 2 - 1])   # reduction from epochs // 2 on
+        removed = sum(len(units) for r in history for units in r["removed"].values())
+        assert removed > 0 and sum(history[-1]["alive"].values()) == 40 - removed
+        assert sum(metrics["kept_units"].values()) <= sum(history[-1]["alive"].values())
+    else:
+        assert [r["pruned_fraction"] for r in history[:epochs // 2 - 1]] == [0.0] * (epochs // 2 - 1)
+        assert history[-1]["pruned_fraction"] > 0
+
+
+def test_bmr_cli_option_conflicts(tmp_path):
+    from sparse_bnn.run import RunConfig
+    base = dict(out=str(tmp_path / "bad"), data="digits", prior="flat")
+    with pytest.raises(ValueError, match="nodewise"):
+        RunConfig(**base, bmr="elementwise", shrink=True).check()
+    with pytest.raises(ValueError, match="--shrink-patience"):
+        RunConfig(**base, bmr="nodewise", shrink=True, shrink_patience=5).check()
+    with pytest.raises(ValueError, match="weight_noise"):
+        RunConfig(**base, weight_noise="philox").check()
+    RunConfig(**base, bmr="nodewise", shrink=True).check()

@@ -267,6 +267,7 @@ from sparse_bnn.model import SparseBNN
 from sparse_bnn.nets import MLP
 from sparse_bnn.priors import get_prior
 from sparse_bnn.reduction import fit_with_bmr
+from sparse_bnn.shrink import ShrinkSchedule
 
 N_TRAIN = 300 if SMALL else 1000
 EPOCHS, WARMUP = (12, 6) if SMALL else (100, 30)
@@ -286,19 +287,23 @@ common = dict(epochs=EPOCHS, batch_size=20, optimizer=optax.adam(1e-2), progress
 
 * flat model + node-wise BMR after each epoch from epoch `WARMUP` on;
 * flat model + element-wise BMR (whole units go when all their weights are pruned);
-* SS-GHS fitted by plain hierarchical SVI (`fit`)."""),
+* SS-GHS fitted by plain hierarchical SVI (`fit`);
+* node-wise BMR again, with `shrink=`: the pruned units are removed physically and training
+  continues on the narrower network (`result.bnn`), the way `--bmr nodewise --shrink` runs."""),
     ("code", """results = {
     "bmr-nodewise": fit_with_bmr(student("flat"), x_train, y_train, mode="nodewise", warmup_epochs=WARMUP, **common),
     "bmr-elementwise": fit_with_bmr(student("flat"), x_train, y_train, mode="elementwise", warmup_epochs=WARMUP, **common),
     "ss-ghs (SVI)": fit(student("ss-ghs"), x_train, y_train, **common),
+    "bmr-nodewise+shrink": fit_with_bmr(student("flat"), x_train, y_train, mode="nodewise", warmup_epochs=WARMUP,
+                                        shrink=ShrinkSchedule(bucket=4), **common),
 }
 for name, result in results.items():
     masks = result.state.masks
     means = posterior.predict_mean(result.bnn, result.params, x_test, masks=masks)
     rmse = float(np.sqrt(np.mean((means - y_test) ** 2)))
     keep = posterior.keep_masks(result.bnn, result.params, masks=masks)
-    print(f"{name:16s} kept hidden units {int(np.sum(np.asarray(keep['dense0']))):3d} (teacher: 3)  "
-          f"test RMSE {rmse:.4f} (noise 0.1)")"""),
+    print(f"{name:20s} kept hidden units {int(np.sum(np.asarray(keep['dense0']))):3d} (teacher: 3)  "
+          f"test RMSE {rmse:.4f} (noise 0.1)  physical width {result.bnn.layers[0].units}")"""),
     ("md", """## Kept units over training
 
 BMR removes units only after the warm-up; SVI lowers the inclusion probabilities gradually."""),

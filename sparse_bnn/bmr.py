@@ -176,30 +176,45 @@ def node_delta_f(layers: Sequence[UnitLayer], means: Mapping[Path, jax.Array],
     return out
 
 
-def learned_inclusion_threshold(delta_f: jax.Array, n_iter: int = 10,
-                                init_zeta: float = 0.0) -> InclusionThreshold:
+def learned_inclusion_threshold(delta_f: jax.Array | Sequence[jax.Array], n_iter: int = 10,
+                                init_zeta: float = 0.0, tol: float = 1e-6) -> InclusionThreshold:
     """Fixed point of the Beta-Bernoulli inclusion rate of one layer (``math.md`` §6).
 
-    Iterates ``n_iter`` times ``q_i = sigmoid(zeta - DeltaF_i)``, ``alpha = 1 + sum q_i``,
-    ``beta = 1 + sum (1 - q_i)``, ``zeta = digamma(alpha) - digamma(beta)``; ``zeta`` is the
-    expected log prior odds of inclusion, ``q_i`` the posterior inclusion probability of entry
-    ``i``. Returns the last ``zeta`` and ``q`` computed from it. ``delta_f [...] -> [], [...]``.
+    Iterates ``q_i = sigmoid(zeta - DeltaF_i)``, ``alpha = 1 + sum q_i``,
+    ``beta = 1 + sum (1 - q_i)``, ``zeta = digamma(alpha) - digamma(beta)`` at most ``n_iter``
+    times, stopping once an iteration moves ``zeta`` by at most ``tol`` (``tol=0``: exactly
+    ``n_iter`` times); ``zeta`` is the expected log prior odds of inclusion, ``q_i`` the posterior
+    inclusion probability of entry ``i``. ``delta_f`` is one array or a sequence of arrays (the
+    layer's members; the sums run over all of them, nothing is concatenated). Returns the last
+    ``zeta`` and ``q`` computed from it (like ``delta_f``). ``delta_f [...] -> [], [...]``.
     """
-    delta_f = jnp.asarray(delta_f)
-    if delta_f.size == 0:
+    parts = [jnp.asarray(d) for d in (delta_f if isinstance(delta_f, (list, tuple)) else [delta_f])]
+    size = sum(int(d.size) for d in parts)
+    if size == 0:
         raise ValueError("delta_f is empty; pass the Delta F of every entry of one layer")
     if int(n_iter) != n_iter or n_iter < 0:
         raise ValueError(f"n_iter must be a non-negative integer, got {n_iter!r}")
-    flat = delta_f.reshape(-1)
+    if not tol >= 0:
+        raise ValueError(f"tol must be >= 0, got {tol!r}")
+    dtype = jnp.result_type(*parts)
 
-    def update(_, zeta):
-        q = jax.nn.sigmoid(zeta - flat)
-        alpha = 1.0 + jnp.sum(q)
-        beta = 1.0 + jnp.sum(1.0 - q)
-        return digamma(alpha) - digamma(beta)
+    def update(zeta):
+        included = sum(jnp.sum(jax.nn.sigmoid(zeta - d)) for d in parts)
+        return digamma(1.0 + included) - digamma(1.0 + size - included)
 
-    zeta = jax.lax.fori_loop(0, int(n_iter), update, jnp.asarray(init_zeta, flat.dtype))
-    return InclusionThreshold(zeta, jax.nn.sigmoid(zeta - delta_f))
+    def not_done(carry):
+        i, zeta, step = carry
+        return (i < n_iter) & (step > tol)
+
+    def body(carry):
+        i, zeta, _ = carry
+        new = update(zeta)
+        return i + 1, new, jnp.abs(new - zeta)
+
+    start = (jnp.zeros((), jnp.int32), jnp.asarray(init_zeta, dtype), jnp.asarray(jnp.inf, dtype))
+    _, zeta, _ = jax.lax.while_loop(not_done, body, start)
+    q = [jax.nn.sigmoid(zeta - d) for d in parts]
+    return InclusionThreshold(zeta, q if isinstance(delta_f, (list, tuple)) else q[0])
 
 
 def elementwise_prune_mask(delta_f: jax.Array, n_iter: int = 10, init_zeta: float = 0.0,

@@ -176,46 +176,56 @@ def node_reduction(bnn: SparseBNN, params: Mapping[str, jax.Array], masks: Masks
     return {layer.name: bmr.group_delta_f(by_path, layer) for layer in prunable_layers(bnn)}
 
 
-def cap_pruning(delta_f: jax.Array, live: jax.Array, zeta, max_fraction: float,
-                n_bisect: int = 24) -> jax.Array:
+def cap_pruning(delta_f, live, zeta, max_fraction: float, n_bisect: int = 24):
     """Which live entries to prune: ``Delta F > zeta``, at most ``max_fraction`` of the live ones.
 
     ``Delta F`` scores each unit (entry) with all the others in place; removing every one with
     ``Delta F > 0`` at once ignores that they can stand in for each other, and early in training,
     while the posteriors are still wide, it removed every unit of the Fashion-MNIST MLP in one
     step. Capped, the largest ``Delta F`` go first and SVI lets the rest adapt before the next
-    step. The cut is found by bisection on the score (no sort of the ~10^5 entries of a layer):
-    never more than allowed; ties and the finite bisection may prune a few fewer.
+    step. The cut is found by bisection on the score (no sort of the ~10^5 entries of a layer),
+    and only when the candidates exceed the cap: never more than allowed; ties and the finite
+    bisection may prune a few fewer.
 
     Args:
-      delta_f, live: same shape; ``live`` is 1 for entries still in.
+      delta_f, live: arrays of one shape, or sequences of such pairs (a layer's members, counted
+        together); ``live`` is 1 for entries still in.
       zeta: the threshold (scalar).
       max_fraction: in ``(0, 1]``; ``1`` is the uncapped rule.
     Returns:
-      bool, ``delta_f``'s shape: True where the entry is pruned now.
+      bool, like ``delta_f``: True where the entry is pruned now.
     """
-    live = live > 0
-    candidates = live & (delta_f > zeta)
+    single = not isinstance(delta_f, (list, tuple))
+    scores_in, live_in = ([delta_f], [live]) if single else (list(delta_f), list(live))
+    live_in = [l > 0 for l in live_in]
+    candidates = [l & (d > zeta) for d, l in zip(scores_in, live_in)]
+
+    def count(masks):
+        return sum(jnp.sum(m) for m in masks)
+
+    def result(masks):
+        return masks[0] if single else masks
+
     if max_fraction >= 1.0:
-        return candidates
-    allowed = jnp.floor(max_fraction * jnp.sum(live))
-    scores = jnp.where(candidates, delta_f, -jnp.inf)
+        return result(candidates)
+    allowed = jnp.floor(max_fraction * count(live_in))
+    scores = [jnp.where(c, d, -jnp.inf) for c, d in zip(candidates, scores_in)]
 
     def capped(_):
-        low = jnp.asarray(zeta, delta_f.dtype)
-        high = jnp.max(scores)
+        low = jnp.asarray(zeta, scores[0].dtype)
+        high = jnp.max(jnp.stack([jnp.max(s) for s in scores]))
 
         def bisect(_, bounds):
             low, high = bounds
             middle = 0.5 * (low + high)
-            too_many = jnp.sum(scores > middle) > allowed
+            too_many = count([s > middle for s in scores]) > allowed
             return jnp.where(too_many, middle, low), jnp.where(too_many, high, middle)
 
         _, cut = jax.lax.fori_loop(0, n_bisect, bisect, (low, high))
-        return candidates & (scores > cut)
+        return [c & (s > cut) for c, s in zip(candidates, scores)]
 
     # Once the first steps have thinned a layer, the candidates rarely exceed the cap: no search.
-    return jax.lax.cond(jnp.sum(candidates) > allowed, capped, lambda _: candidates, None)
+    return result(jax.lax.cond(count(candidates) > allowed, capped, lambda _: candidates, None))
 
 
 def node_keep_masks(bnn: SparseBNN, params: Mapping[str, jax.Array], masks: Masks | None = None,
@@ -310,17 +320,13 @@ def elementwise_reduction(bnn: SparseBNN, params: Mapping[str, jax.Array], masks
     new_masks, zetas = {}, {}
     for layer in prunable_layers(bnn):
         sites = [bnn.weight_site(m.path) for m in layer.members]
-        scores = jnp.concatenate([jnp.where(live[s] > 0, delta_f[s], jnp.inf).reshape(-1) for s in sites])
+        scores = [jnp.where(live[site] > 0, delta_f[site], jnp.inf) for site in sites]
         zeta = bmr.learned_inclusion_threshold(scores, n_iter).zeta
         zetas[layer.name] = zeta
         olds = [jnp.broadcast_to(jnp.asarray(masks.weights.get(site, 1.0), jnp.float32) * live[site],
                                  delta_f[site].shape) for site in sites]
-        pruned = cap_pruning(jnp.concatenate([delta_f[site].reshape(-1) for site in sites]),
-                             jnp.concatenate([old.reshape(-1) for old in olds]), zeta, max_prune_fraction)
-        start = 0
-        for site, old in zip(sites, olds):
-            gone = pruned[start:start + old.size].reshape(old.shape)
-            start += old.size
+        pruned = cap_pruning([delta_f[site] for site in sites], olds, zeta, max_prune_fraction)
+        for site, old, gone in zip(sites, olds, pruned):
             new_masks[site] = old * (~gone).astype(jnp.float32)
     return new_masks, zetas
 

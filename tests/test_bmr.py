@@ -245,3 +245,25 @@ def test_learned_threshold_rejects_bad_input():
         bmr.learned_inclusion_threshold(np.zeros(3), n_iter=-1)
     with pytest.raises(ValueError, match="reduced_var_ratio"):
         bmr.node_delta_f((), {}, {}, 1.0, reduced_var_ratio=1.0)
+
+
+def test_learned_threshold_of_a_layers_members_is_that_of_their_concatenation():
+    delta_f = synthetic_delta_f()
+    parts = [delta_f[:100].reshape(10, 10), delta_f[100:]]
+    whole = bmr.learned_inclusion_threshold(delta_f, tol=0.0)
+    split = bmr.learned_inclusion_threshold(parts, tol=0.0)
+    assert float(split.zeta) == pytest.approx(float(whole.zeta), rel=1e-6)
+    np.testing.assert_allclose(np.concatenate([q.ravel() for q in split.inclusion_prob]), whole.inclusion_prob,
+                               rtol=1e-6)
+
+
+def test_learned_threshold_stops_early_at_tol():
+    delta_f = synthetic_delta_f()
+    converged = float(bmr.learned_inclusion_threshold(delta_f, n_iter=50, tol=0.0).zeta)
+    early = float(bmr.learned_inclusion_threshold(delta_f, n_iter=50, tol=1e-3).zeta)
+    assert early == pytest.approx(converged, abs=1e-2)
+    one = float(bmr.learned_inclusion_threshold(delta_f, n_iter=1, tol=0.0).zeta)
+    q = expit(0.0 - delta_f)
+    assert one == pytest.approx(digamma(1 + q.sum()) - digamma(1 + (1 - q).sum()), rel=1e-5)
+    with pytest.raises(ValueError, match="tol"):
+        bmr.learned_inclusion_threshold(delta_f, tol=-1.0)

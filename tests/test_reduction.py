@@ -340,6 +340,10 @@ def test_cap_pruning_takes_the_largest_delta_f_first():
     assert pruned(live.at[0].set(0.0), 0.5) == [1, 2, 3]        # 7 live: 3, dead ones never count
     assert pruned(live, 0.5, zeta=3.5) == [0, 1]                 # fewer candidates than allowed
     assert pruned(live, 0.1) == []                               # floor(0.8) = 0
+    # a layer's members are counted together: the same picks as their concatenation
+    split = reduction.cap_pruning([delta_f[:3], delta_f[3:].reshape(1, 5)], [live[:3], live[3:].reshape(1, 5)],
+                                  0.0, 0.5)
+    assert np.flatnonzero(np.concatenate([np.ravel(m) for m in split])).tolist() == [0, 1, 2, 3]
 
 
 def test_nodewise_bmr_with_shrinking_trains_a_smaller_network(teacher):

@@ -331,13 +331,16 @@ def epoch_summary(bnn: SparseBNN, state: TrainState, evaluate: Callable | None) 
 
 
 def save_checkpoint(directory: str | Path, state: TrainState, history: list[dict]) -> None:
-    """Write ``state`` and ``history`` atomically (temp file + rename)."""
+    """Write ``history`` then ``state``, each atomically (temp file + rename).
+
+    A crash between the two renames leaves a history one epoch ahead of the checkpoint, never
+    behind it; :func:`load_checkpoint` drops the records past the checkpoint's epoch."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     payload = serialization.to_bytes({"params": state.params, "opt_state": state.opt_state,
                                       "rng_key": state.rng_key, "epoch": state.epoch,
                                       "masks": {"units": state.masks.units, "weights": state.masks.weights}})
-    for name, data in ((CHECKPOINT_FILE, payload), (HISTORY_FILE, json.dumps(history, indent=1).encode())):
+    for name, data in ((HISTORY_FILE, json.dumps(history, indent=1).encode()), (CHECKPOINT_FILE, payload)):
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -362,6 +365,8 @@ def load_checkpoint(directory: str | Path, template: TrainState) -> tuple[TrainS
     state = TrainState(restored["params"], restored["opt_state"], jnp.asarray(restored["rng_key"]),
                        jnp.asarray(restored["epoch"], jnp.int32),
                        Masks(dict(restored["masks"]["units"]), dict(restored["masks"]["weights"])))
+    # records of epochs the checkpoint does not hold (a crash between the two writes)
+    history = [record for record in history if int(record.get("epoch", 0)) <= int(state.epoch)]
     return state, history
 
 

@@ -49,6 +49,22 @@ def test_resume_from_checkpoint_equals_uninterrupted(tmp_path):
         np.testing.assert_array_equal(resumed.params[name], full.params[name])
 
 
+def test_a_crash_between_the_two_checkpoint_writes_leaves_a_consistent_pair(tmp_path):
+    """History is written before the checkpoint: a crash between them leaves the history one
+    epoch ahead, and loading drops that record, so a resumed run repeats the epoch cleanly."""
+    import json
+    x, y = small_problem()
+    kwargs = dict(batch_size=64, optimizer=optax.adam(1e-2), seed=3, progress=False)
+    full = fit(small_bnn(), x, y, epochs=3, **kwargs)
+    fit(small_bnn(), x, y, epochs=2, checkpoint_dir=tmp_path, **kwargs)
+    written = json.loads((tmp_path / "history.json").read_text())
+    (tmp_path / "history.json").write_text(json.dumps(written + [dict(written[-1], epoch=3)]))  # the crash
+    state, history = load_checkpoint(tmp_path, init_state(small_bnn(), optax.adam(1e-2)))
+    assert int(state.epoch) == 2 and [h["epoch"] for h in history] == [1, 2]
+    resumed = fit(small_bnn(), x, y, epochs=3, checkpoint_dir=tmp_path, resume=True, **kwargs)
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
+
+
 def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
     """A step size that overflows the parameters: the run stops with the last good state kept."""
     x, y = small_problem()

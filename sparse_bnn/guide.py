@@ -132,7 +132,7 @@ def _sample_sites(bnn: "SparseBNN") -> dict[str, jax.Array]:
         logits = numpyro.param(f"{layer.name}.z.logit", init[f"{layer.name}.z.logit"])
         values[f"{layer.name}.z"] = numpyro.sample(
             f"{layer.name}.z", ConcreteBernoulli(logits, bnn.temperature, bnn.hard).to_event(1))
-    weight_noise = WEIGHT_NOISE[getattr(bnn, "weight_noise", "threefry")]
+    weight_noise = WEIGHT_NOISE[bnn.weight_noise]
     for path, shape in bnn.shapes.items():
         site = bnn.weight_site(path)
         loc = numpyro.param(f"{site}.loc", init[f"{site}.loc"])

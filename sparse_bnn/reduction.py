@@ -245,11 +245,18 @@ def node_keep_masks(bnn: SparseBNN, params: Mapping[str, jax.Array], masks: Mask
     A unit switched off by ``masks.units`` stays off; at most ``max_prune_fraction`` of a layer's
     live units go in one call (:func:`cap_pruning`).
     """
+    masks = masks or Masks()
+    return keep_from_node_scores(node_reduction(bnn, params, masks, reduced_var_ratio), masks, threshold,
+                                 n_iter, max_prune_fraction)
+
+
+def keep_from_node_scores(scores: Mapping[str, jax.Array], masks: Masks, threshold: str = "zero",
+                          n_iter: int = 10, max_prune_fraction: float = 1.0) -> dict[str, jax.Array]:
+    """:func:`node_keep_masks` from given ``{layer: Delta F [units]}`` (:func:`node_reduction`)."""
     if threshold not in NODE_THRESHOLDS:
         raise ValueError(f"unknown node threshold {threshold!r}; choose one of {NODE_THRESHOLDS}")
-    masks = masks or Masks()
     keep = {}
-    for name, delta_f in node_reduction(bnn, params, masks, reduced_var_ratio).items():
+    for name, delta_f in scores.items():
         old = jnp.asarray(masks.units.get(name, jnp.ones_like(delta_f)), jnp.float32)
         if threshold == "learned":
             excluded = jnp.where(old > 0, delta_f, jnp.inf)
@@ -282,9 +289,12 @@ class NodeBMRRule:
         if bnn is not self._model:  # a new (shrunk) model: new shapes, compile again
             ratio, threshold, n_iter, fraction = self.options
             self._model = bnn
-            self._reduce = jax.jit(lambda params, masks: (
-                node_keep_masks(bnn, params, masks, ratio, threshold, n_iter, fraction),
-                node_reduction(bnn, params, masks, ratio)))
+
+            def reduce(params, masks):
+                scores = node_reduction(bnn, params, masks, ratio)
+                return keep_from_node_scores(scores, masks, threshold, n_iter, fraction), scores
+
+            self._reduce = jax.jit(reduce)
         keep, delta_f = jax.device_get(self._reduce(state.params, state.masks))
         gone = {}
         for name, kept in keep.items():
@@ -520,6 +530,8 @@ def fit_with_bmr(bnn: SparseBNN, x, y, *, mode: str = "elementwise", warmup_epoc
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if not 0.0 < float(max_prune_fraction) <= 1.0:
         raise ValueError(f"max_prune_fraction must lie in (0, 1], got {max_prune_fraction}")
+    if node_threshold not in NODE_THRESHOLDS:
+        raise ValueError(f"unknown node threshold {node_threshold!r}; choose one of {NODE_THRESHOLDS}")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir")
     if shrink is not None:

@@ -381,6 +381,9 @@ def test_shrinking_needs_nodewise_bmr(teacher):
     with pytest.raises(ValueError, match="nodewise"):
         reduction.fit_with_bmr(teacher_bnn(), x, y, mode="elementwise", epochs=2, progress=False,
                                shrink=ShrinkSchedule())
+    with pytest.raises(ValueError, match="node threshold"):
+        reduction.fit_with_bmr(teacher_bnn(), x, y, mode="nodewise", epochs=2, progress=False,
+                               node_threshold="median", shrink=ShrinkSchedule())
     with pytest.raises(ValueError, match="node-wise BMR"):     # the gamma rule needs indicators
         fit_shrinking(teacher_bnn(), x, y, epochs=2, progress=False)
 

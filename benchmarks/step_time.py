@@ -14,11 +14,16 @@ ratio to the deterministic step is the median of the per-round ratios.
     python benchmarks/step_time.py --net resnet20 --priors ss-ghs ss-gl gaussian --quick   # batch 128
     python benchmarks/step_time.py --also-rng threefry-nonpartitionable   # extra rows, another RNG
     python benchmarks/step_time.py --compare-noise   # extra rows: the guide's noise from threefry
+    python benchmarks/step_time.py --net lenet5-caffe --compare-conv-gradient   # extra rows: lax's
 
 Weight noise: the rows of ``--priors`` draw the guide's weight noise as the library does by
 default (``SparseBNN(weight_noise="hash")``, ``sparse_bnn.noise``); ``--compare-noise`` adds, for
 ``--also-rng-priors``, rows with ``weight_noise="threefry"`` (``jax.random.normal``) and with
 threefry hashing once per two normals (``partitionable_noise=False``).
+
+Conv gradients: conv nets run ``sparse_bnn.nets.conv``'s loop-friendly CPU gradient;
+``--compare-conv-gradient`` adds rows (deterministic and ``--also-rng-priors``) traced with
+``lax.conv_general_dilated``'s own gradient, which XLA:CPU runs ~20x slower inside the epoch's scan.
 
 RNG settings (JAX's global PRNG, which also shuffles and keys every site):
 ``threefry`` is JAX's default (partitionable threefry); ``threefry-nonpartitionable`` sets
@@ -50,6 +55,7 @@ from sparse_bnn import fit as fit_lib
 from sparse_bnn.model import SparseBNN
 from sparse_bnn.nets import MLP, NETS
 from sparse_bnn.nets.base import FunctionalNet
+from sparse_bnn.nets.conv import conv_gradient
 from sparse_bnn.priors import PRIORS, get_prior
 
 RESULTS = Path(__file__).parent / "results"
@@ -144,8 +150,8 @@ def run(args) -> dict:
     x, y = random_data(n_data, input_shape, classes)
     x, y = jnp.asarray(x), jnp.asarray(y)
 
-    # name -> (rng setting, builder of (jitted epoch fn, initial state))
-    builders: dict[str, tuple[str, Callable]] = {
+    # name -> (rng setting, builder of (jitted epoch fn, initial state)[, conv gradient])
+    builders: dict[str, tuple] = {
         "deterministic": (args.rng, lambda: deterministic_epoch(make_net(nnx.Rngs(0)), n_data, batch_size))}
     for prior in args.priors:
         builders[prior] = (args.rng, lambda prior=prior: svi_epoch(make_net(nnx.Rngs(0)), prior, n_data, batch_size))
@@ -158,10 +164,15 @@ def run(args) -> dict:
         for prior in args.also_rng_priors:
             builders[f"{prior} [{rng}]"] = (rng, lambda prior=prior: svi_epoch(
                 make_net(nnx.Rngs(0)), prior, n_data, batch_size))
+    if args.compare_conv_gradient:
+        builders["deterministic [lax conv gradient]"] = (*builders["deterministic"], "lax")
+        for prior in args.also_rng_priors:
+            builders[f"{prior} [lax conv gradient]"] = (args.rng, lambda prior=prior: svi_epoch(
+                make_net(nnx.Rngs(0)), prior, n_data, batch_size), "lax")
 
     compiled, states, compile_seconds = {}, {}, {}
-    for name, (rng, build) in builders.items():
-        with rng_setting(rng):
+    for name, (rng, build, *gradient) in builders.items():
+        with rng_setting(rng), conv_gradient(gradient[0] if gradient else "auto"):
             epoch, state = build()
             started = time.perf_counter()
             compiled[name] = epoch.lower(state, x, y).compile()
@@ -219,6 +230,8 @@ def main(argv=None) -> None:
                         help="extra rows: --also-rng-priors under these RNG settings")
     parser.add_argument("--compare-noise", action="store_true",
                         help="extra rows: --also-rng-priors with weight_noise='threefry' (pairwise or not)")
+    parser.add_argument("--compare-conv-gradient", action="store_true",
+                        help="extra rows: deterministic and --also-rng-priors with lax's conv gradient")
     parser.add_argument("--also-rng-priors", nargs="+", default=["ss-ghs", "ss-gl"], choices=list(PRIORS))
     parser.add_argument("--quick", action="store_true", help="10 steps, 3 rounds, 1 warm-up epoch")
     parser.add_argument("--out", type=Path, default=None,

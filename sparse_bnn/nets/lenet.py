@@ -26,6 +26,7 @@ import jax
 from flax import nnx
 
 from sparse_bnn.nets.base import ParamAxis, UnitLayer, check_widths, with_group_sizes
+from sparse_bnn.nets.conv import Conv
 from sparse_bnn.nets.mlp import get_activation
 
 KERNEL_SIZE = 5
@@ -99,7 +100,7 @@ class ConvNet(nnx.Module):
 
         channels = (self.in_channels, *self.conv_channels)
         self.convs = nnx.List([
-            nnx.Conv(a, b, (KERNEL_SIZE, KERNEL_SIZE), padding=p, rngs=rngs)
+            Conv(a, b, (KERNEL_SIZE, KERNEL_SIZE), padding=p, rngs=rngs)
             for a, b, p in zip(channels[:-1], channels[1:], self.conv_paddings)])
         sizes = (self.flat_positions * channels[-1], *self.dense_widths, self.num_classes)
         self.dense = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])

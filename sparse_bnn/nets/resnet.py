@@ -38,6 +38,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sparse_bnn.nets.base import ParamAxis, UnitLayer, check_widths, with_group_sizes
+from sparse_bnn.nets.conv import Conv
 from sparse_bnn.nets.lenet import zero_preserving_activation
 
 BN_MOMENTUM = 0.9
@@ -71,14 +72,14 @@ class BasicBlock(nnx.Module):
             raise ValueError("an identity shortcut needs stride 1 and in_channels == out_channels; "
                              "pass downsample=True")
         self.act = act
-        self.conv1 = nnx.Conv(in_channels, inner_channels, (3, 3), strides=stride, padding="SAME",
+        self.conv1 = Conv(in_channels, inner_channels, (3, 3), strides=stride, padding="SAME",
                               use_bias=False, rngs=rngs)
         self.bn1 = _batch_norm(inner_channels, rngs)
-        self.conv2 = nnx.Conv(inner_channels, out_channels, (3, 3), padding="SAME", use_bias=False,
+        self.conv2 = Conv(inner_channels, out_channels, (3, 3), padding="SAME", use_bias=False,
                               rngs=rngs)
         self.bn2 = _batch_norm(out_channels, rngs)
         if downsample:
-            self.shortcut_conv = nnx.Conv(in_channels, out_channels, (1, 1), strides=stride,
+            self.shortcut_conv = Conv(in_channels, out_channels, (1, 1), strides=stride,
                                           padding="SAME", use_bias=False, rngs=rngs)
             self.shortcut_bn = _batch_norm(out_channels, rngs)
         else:
@@ -134,7 +135,7 @@ class ResNet(nnx.Module):
         self.activation = activation
         self.act = zero_preserving_activation(activation)
 
-        self.stem_conv = nnx.Conv(self.in_channels, self.widths[0], (3, 3), padding="SAME",
+        self.stem_conv = Conv(self.in_channels, self.widths[0], (3, 3), padding="SAME",
                                   use_bias=False, rngs=rngs)
         self.stem_bn = _batch_norm(self.widths[0], rngs)
         blocks = []

@@ -10,7 +10,7 @@ from flax import nnx
 from sparse_bnn import prune
 from sparse_bnn.nets import NETS, net_from_config
 from sparse_bnn.nets.base import FunctionalNet, flatten_paths, pure_params, unflatten_paths
-from sparse_bnn.nets.lenet import LeNet5, LeNet5Caffe
+from sparse_bnn.nets.lenet import LeNet5, LeNet5Caffe, max_pool
 from sparse_bnn.nets.mlp import MLP
 from sparse_bnn.nets.mixer import MLPMixer
 from sparse_bnn.nets.resnet import ResNet, recompute_batch_stats
@@ -392,3 +392,16 @@ def test_bad_arguments_raise_clear_errors():
     net = LeNet5Caffe.from_config(LeNet5Caffe.example_config(), nnx.Rngs(0))
     with pytest.raises(ValueError, match="NHWC"):
         net(jnp.zeros((2, 1, 16, 16)))
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 9, 7, 2), (1, 24, 24, 20)])
+def test_lenet_max_pool_equals_flax(shape):
+    """The reshape max-pool: values of ``nnx.max_pool`` (2x2, stride 2, VALID) and, away from
+    ties, its gradient."""
+    x = jax.random.normal(jax.random.PRNGKey(0), shape)
+    reference = lambda x: nnx.max_pool(x, (2, 2), strides=(2, 2))  # noqa: E731
+    np.testing.assert_array_equal(max_pool(x), reference(x))
+    weights = jax.random.normal(jax.random.PRNGKey(1), reference(x).shape)
+    grad = jax.grad(lambda x: jnp.sum(max_pool(x) * weights))(x)
+    np.testing.assert_array_equal(grad, jax.grad(lambda x: jnp.sum(reference(x) * weights))(x))
+    assert int((grad != 0).sum()) == weights.size

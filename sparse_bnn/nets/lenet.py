@@ -45,6 +45,19 @@ def zero_preserving_activation(name: str):
     return act
 
 
+def max_pool(x: jax.Array) -> jax.Array:
+    """``POOL x POOL`` max-pooling with stride ``POOL``, ``VALID`` (a trailing odd row or column
+    is dropped): ``[B, H, W, C] -> [B, H // POOL, W // POOL, C]``.
+
+    Written as a reshape and a max rather than ``nnx.max_pool``: same values, and its gradient
+    runs ~25% faster on CPU inside the epoch's ``lax.scan`` (LeNet-5-Caffe at batch 1024).
+    """
+    batch, height, width, channels = x.shape
+    h, w = height // POOL, width // POOL
+    x = x[:, :h * POOL, :w * POOL, :].reshape(batch, h, POOL, w, POOL, channels)
+    return x.max(axis=(2, 4))
+
+
 def _conv_out(size: int, padding: str) -> int:
     return size if padding == "SAME" else size - KERNEL_SIZE + 1
 
@@ -112,7 +125,7 @@ class ConvNet(nnx.Module):
         for conv, pool in zip(self.convs, self.conv_pools):
             x = self.act(conv(x))
             if pool:
-                x = nnx.max_pool(x, (POOL, POOL), strides=(POOL, POOL))
+                x = max_pool(x)
         x = x.reshape(x.shape[0], -1)
         for layer in self.dense[:-1]:
             x = self.act(layer(x))

@@ -19,6 +19,10 @@ evaluated on the test set after every epoch, for this curve only); writes JSON +
 
     python benchmarks/bmr_vs_svi.py --quick      # ~2-3 minutes on a CPU: small MLP, subsets
     python benchmarks/bmr_vs_svi.py              # full: 60k images, MLP 400-400 and LeNet-5
+    python benchmarks/bmr_vs_svi.py --nets lenet5   # only LeNet-5; the MLP rows already written stay
+
+Rows of an earlier run with the same setting (and ``--tag``) are kept unless this run redoes
+their net and method, so the table can be filled one network at a time.
 """
 from __future__ import annotations
 
@@ -177,6 +181,24 @@ def seconds_to_final_accuracy(history, tolerance=0.005):
     return history[settled]["elapsed"]
 
 
+def merged_rows(path: Path, setting: dict, rows: list[dict]) -> list[dict]:
+    """``rows`` after the rows of an earlier run at ``path`` with the same setting that this run
+    did not redo (same net and method), in net order."""
+    if not path.exists():
+        return rows
+    earlier = json.loads(path.read_text())
+    if {k: v for k, v in earlier.get("setting", {}).items() if k != "nets"} != \
+            {k: v for k, v in setting.items() if k != "nets"}:
+        print(f"{path} has another setting: its rows are replaced, not merged", flush=True)
+        return rows
+    redone = {(r["net"], r["method"]) for r in rows}
+    kept = [r for r in earlier["rows"] if (r["net"], r["method"]) not in redone]
+    if kept:
+        print(f"kept {len(kept)} rows of the earlier run in {path}", flush=True)
+    order = {net: i for i, net in enumerate(dict.fromkeys(r["net"] for r in kept + rows))}
+    return sorted(kept + rows, key=lambda r: order[r["net"]])
+
+
 def markdown(rows, setting_name):
     lines = [f"# BMR vs SVI on Fashion-MNIST ({setting_name})", "",
              "Accuracy, NLL, ECE: Bayesian model averaging on the test set after training. *Settled*: "
@@ -223,14 +245,21 @@ def main(argv=None):
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--nets", nargs="+", default=None, help="override the setting's networks")
     parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="SVI epochs before BMR's first reduction (default: the setting's share)")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tag", default="", help="suffix of the result files")
     args = parser.parse_args(argv)
     name = "quick" if args.quick else "full"
     setting = dict(SETTINGS[name])
-    if args.epochs:
+    if args.epochs:  # the warm-up keeps its share of the schedule unless given
+        setting["warmup"] = setting["warmup"] * args.epochs // setting["epochs"]
         setting["epochs"] = args.epochs
-        setting["warmup"] = min(setting["warmup"], args.epochs)
+    if args.warmup is not None:
+        setting["warmup"] = args.warmup
+    if not 0 <= setting["warmup"] <= setting["epochs"]:
+        parser.error(f"--warmup must be between 0 and the epochs ({setting['epochs']})")
     nets = [n for n in (args.nets or setting["nets"]) if n == "mlp" or n in NETS]
     data = load_dataset("fashion-mnist", data_dir=args.data_dir, n_train=setting["n_train"],
                         n_test=setting["n_test"], seed=args.seed)
@@ -243,9 +272,10 @@ def main(argv=None):
                   f"ece {row['ece']:.4f} weights pruned {row['pruned_weights']:.3f} units pruned "
                   f"{row['pruned_units']:.3f} wall {row['wall_seconds']:.1f}s", flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"bmr_vs_svi_{name}"
-    info = {"setting": {k: list(v) if isinstance(v, tuple) else v for k, v in setting.items()},
-            "device": str(jax.devices()[0]), "rows": rows}
+    stem = RESULTS / f"bmr_vs_svi_{name}{'_' + args.tag if args.tag else ''}"
+    setting_record = {k: list(v) if isinstance(v, tuple) else v for k, v in setting.items()}
+    rows = merged_rows(stem.with_suffix(".json"), setting_record, rows)
+    info = {"setting": setting_record, "device": str(jax.devices()[0]), "rows": rows}
     stem.with_suffix(".json").write_text(json.dumps(info, indent=1))
     stem.with_suffix(".md").write_text(markdown(rows, name))
     plot(rows, stem.with_name(stem.name + "_sparsity.png"))

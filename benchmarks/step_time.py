@@ -64,6 +64,7 @@ RESULTS = Path(__file__).parent / "results"
 BENCH_NETS: dict[str, tuple[Callable[[nnx.Rngs], nnx.Module], tuple[int, ...], int, int]] = {
     "mlp": (lambda rngs: MLP(784, (400, 400), 10, rngs=rngs), (28, 28, 1), 1024, 10),
     "lenet5-caffe": (lambda rngs: NETS["lenet5-caffe"](rngs=rngs), (28, 28, 1), 1024, 10),
+    "lenet5": (lambda rngs: NETS["lenet5"](rngs=rngs), (28, 28, 1), 1024, 10),
     "resnet20": (lambda rngs: NETS["resnet20"](depth=20, rngs=rngs), (32, 32, 3), 128, 10),
 }
 

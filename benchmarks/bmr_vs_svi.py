@@ -109,7 +109,7 @@ def train_map(net, data, setting, seed):
         accuracy = float(np.mean(np.argmax(np.asarray(apply(params, x_test)), -1) == data.y_test))
         history.append({"epoch": e + 1, "seconds": seconds, "val_accuracy": accuracy,
                         "elapsed": time.perf_counter() - run_started})
-    logits = jax.jit(functional.apply)(params, jnp.asarray(data.x_test))
+    logits = apply(params, x_test)
     return jax.nn.softmax(logits, -1), history
 
 
@@ -187,7 +187,8 @@ def merged_rows(path: Path, setting: dict, rows: list[dict]) -> list[dict]:
     if not path.exists():
         return rows
     earlier = json.loads(path.read_text())
-    if {k: v for k, v in earlier.get("setting", {}).items() if k != "nets"} != \
+    earlier_setting = {"seed": 0, **earlier.get("setting", {})}  # files before the seed was recorded
+    if {k: v for k, v in earlier_setting.items() if k != "nets"} != \
             {k: v for k, v in setting.items() if k != "nets"}:
         print(f"{path} has another setting: its rows are replaced, not merged", flush=True)
         return rows
@@ -273,7 +274,8 @@ def main(argv=None):
                   f"{row['pruned_units']:.3f} wall {row['wall_seconds']:.1f}s", flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"bmr_vs_svi_{name}{'_' + args.tag if args.tag else ''}"
-    setting_record = {k: list(v) if isinstance(v, tuple) else v for k, v in setting.items()}
+    setting_record = {**{k: list(v) if isinstance(v, tuple) else v for k, v in setting.items()},
+                      "seed": args.seed}
     rows = merged_rows(stem.with_suffix(".json"), setting_record, rows)
     info = {"setting": setting_record, "device": str(jax.devices()[0]), "rows": rows}
     stem.with_suffix(".json").write_text(json.dumps(info, indent=1))

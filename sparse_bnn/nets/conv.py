@@ -72,25 +72,35 @@ def _explicit_pads(lhs_shape, rhs_shape, window_strides, padding) -> tuple | Non
     return pads if len(pads) == 2 and all(len(p) == 2 for p in pads) else None
 
 
+def _covered_pads(lhs_shape, rhs_shape, window_strides, padding, lhs_dilation=None,
+                  rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                  batch_group_count=1) -> tuple | None:
+    """The explicit pads if :func:`conv_general_dilated` uses its own gradient, else None."""
+    mode = _checked(CONV_GRADIENT)
+    if mode == "lax" or (mode == "auto" and jax.default_backend() != "cpu"):
+        return None
+    if len(lhs_shape) != 4 or len(rhs_shape) != 4 or feature_group_count != 1 \
+            or batch_group_count != 1:
+        return None
+    if any(d != 1 for d in (lhs_dilation or ())) or any(d != 1 for d in (rhs_dilation or ())):
+        return None
+    if dimension_numbers is None or \
+            lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers) != _NHWC_HWIO:
+        return None
+    pads = _explicit_pads(lhs_shape, rhs_shape, tuple(window_strides), padding)
+    if pads is None or not all(0 <= lo < k and 0 <= hi < k
+                               for (lo, hi), k in zip(pads, rhs_shape[:2])):
+        return None
+    return pads
+
+
 def uses_explicit_gradient(lhs_shape, rhs_shape, window_strides, padding, lhs_dilation=None,
                            rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                            batch_group_count=1) -> bool:
     """Whether :func:`conv_general_dilated` would use its own gradient for these arguments."""
-    mode = _checked(CONV_GRADIENT)
-    if mode == "lax" or (mode == "auto" and jax.default_backend() != "cpu"):
-        return False
-    if len(lhs_shape) != 4 or len(rhs_shape) != 4 or feature_group_count != 1 \
-            or batch_group_count != 1:
-        return False
-    if any(d != 1 for d in (lhs_dilation or ())) or any(d != 1 for d in (rhs_dilation or ())):
-        return False
-    if dimension_numbers is None or \
-            lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers) != _NHWC_HWIO:
-        return False
-    pads = _explicit_pads(lhs_shape, rhs_shape, tuple(window_strides), padding)
-    if pads is None:
-        return False
-    return all(0 <= lo < k and 0 <= hi < k for (lo, hi), k in zip(pads, rhs_shape[:2]))
+    return _covered_pads(lhs_shape, rhs_shape, window_strides, padding, lhs_dilation,
+                         rhs_dilation, dimension_numbers, feature_group_count,
+                         batch_group_count) is not None
 
 
 def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
@@ -102,36 +112,29 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
     For the covered case ``lhs [B, H, W, C_in]``, ``rhs [kh, kw, C_in, C_out]`` ->
     ``[B, H_out, W_out, C_out]``.
     """
-    lax_kwargs = {"lhs_dilation": lhs_dilation, "rhs_dilation": rhs_dilation,
-                  "dimension_numbers": dimension_numbers,
-                  "feature_group_count": feature_group_count,
-                  "batch_group_count": batch_group_count, "precision": precision,
-                  "preferred_element_type": preferred_element_type}
-    if out_sharding is not None:
-        lax_kwargs["out_sharding"] = out_sharding
     strides = tuple(int(s) for s in window_strides)
-    if out_sharding is not None or not uses_explicit_gradient(
-            lhs.shape, rhs.shape, strides, padding, lhs_dilation, rhs_dilation,
-            dimension_numbers, feature_group_count, batch_group_count):
-        return lax.conv_general_dilated(lhs, rhs, strides, padding, **lax_kwargs)
-    pads = _explicit_pads(lhs.shape, rhs.shape, strides, padding)
-    return _conv(strides, pads, precision, preferred_element_type, lhs, rhs)
+    pads = None if out_sharding is not None else _covered_pads(
+        lhs.shape, rhs.shape, strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+        feature_group_count, batch_group_count)
+    if pads is not None:
+        return _conv(strides, pads, precision, preferred_element_type, lhs, rhs)
+    sharding = {} if out_sharding is None else {"out_sharding": out_sharding}
+    return lax.conv_general_dilated(
+        lhs, rhs, strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count, precision=precision,
+        preferred_element_type=preferred_element_type, **sharding)
 
 
-def _forward(strides, pads, precision, preferred_element_type, lhs, rhs):
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _conv(strides, pads, precision, preferred_element_type, lhs, rhs):
     return lax.conv_general_dilated(lhs, rhs, strides, pads, dimension_numbers=_NHWC_HWIO,
                                     precision=precision,
                                     preferred_element_type=preferred_element_type)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
-def _conv(strides, pads, precision, preferred_element_type, lhs, rhs):
-    return _forward(strides, pads, precision, preferred_element_type, lhs, rhs)
-
-
 def _conv_fwd(strides, pads, precision, preferred_element_type, lhs, rhs):
-    out = _forward(strides, pads, precision, preferred_element_type, lhs, rhs)
-    return out, (lhs, rhs)
+    return _conv(strides, pads, precision, preferred_element_type, lhs, rhs), (lhs, rhs)
 
 
 def _conv_bwd(strides, pads, precision, preferred_element_type, residuals, grad_out):

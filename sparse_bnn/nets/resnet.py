@@ -73,14 +73,14 @@ class BasicBlock(nnx.Module):
                              "pass downsample=True")
         self.act = act
         self.conv1 = Conv(in_channels, inner_channels, (3, 3), strides=stride, padding="SAME",
-                              use_bias=False, rngs=rngs)
+                          use_bias=False, rngs=rngs)
         self.bn1 = _batch_norm(inner_channels, rngs)
         self.conv2 = Conv(inner_channels, out_channels, (3, 3), padding="SAME", use_bias=False,
-                              rngs=rngs)
+                          rngs=rngs)
         self.bn2 = _batch_norm(out_channels, rngs)
         if downsample:
             self.shortcut_conv = Conv(in_channels, out_channels, (1, 1), strides=stride,
-                                          padding="SAME", use_bias=False, rngs=rngs)
+                                      padding="SAME", use_bias=False, rngs=rngs)
             self.shortcut_bn = _batch_norm(out_channels, rngs)
         else:
             self.shortcut_conv = None
@@ -136,7 +136,7 @@ class ResNet(nnx.Module):
         self.act = zero_preserving_activation(activation)
 
         self.stem_conv = Conv(self.in_channels, self.widths[0], (3, 3), padding="SAME",
-                                  use_bias=False, rngs=rngs)
+                              use_bias=False, rngs=rngs)
         self.stem_bn = _batch_norm(self.widths[0], rngs)
         blocks = []
         for i in range(n_blocks):

@@ -17,6 +17,7 @@ latency (dense / compact) and training wall-clock.
     python benchmarks/fmnist.py                                  # cpu schedule (minutes per MLP run)
     python benchmarks/fmnist.py --schedule reference             # Adam 1e-3, batch 1024, 1200 epochs
     python benchmarks/fmnist.py --nets mlp --priors ss-ghs --epochs 1 --n-train 2000   # smoke test
+    python benchmarks/fmnist.py --nets lenet5-caffe --epochs 30 --indicator-lr 3e-3 --tag x  # variants
 
 Writes ``benchmarks/results/fmnist_<schedule>.json``, ``.md`` (machine, date and schedule
 stated) and ``fmnist_<schedule>_*.png``; the run directories go to ``--runs-dir``
@@ -59,7 +60,8 @@ def run_config(net: str, method: str, schedule: dict, args: argparse.Namespace, 
     prior, bmr = ("flat", "nodewise") if method == "bmr" else (method, "none")
     return RunConfig(out=str(out), data="fashion-mnist", net=net, widths=list(MLP_WIDTHS), prior=prior,
                      bmr=bmr, epochs=schedule["epochs"], batch_size=schedule["batch_size"],
-                     lr=schedule["lr"], **{k: schedule[k] for k in ("indicator_lr", "rho_init") if k in schedule},
+                     lr=schedule["lr"],
+                     **{k: schedule[k] for k in ("indicator_lr", "rho_init", "sigma0") if k in schedule},
                      shrink=bool(schedule.get("shrink")) and method in SHRINKABLE, seed=args.seed,
                      data_dir=args.data_dir, n_train=args.n_train,
                      n_test=args.n_test, samples=args.samples, latency=not args.no_latency,
@@ -147,6 +149,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--priors", nargs="+", choices=PRIORS, default=list(PRIORS))
     parser.add_argument("--epochs", type=int, help="override the schedule's epochs (smoke tests)")
     parser.add_argument("--batch-size", type=int, help="override the schedule's batch size")
+    parser.add_argument("--lr", type=float, help="override the schedule's Adam learning rate")
+    parser.add_argument("--indicator-lr", type=float, help="override the indicators' learning rate")
+    parser.add_argument("--rho-init", type=float, help="override the initial rho of the posterior scales")
+    parser.add_argument("--sigma0", type=float, help="slab scale sigma_0 (default: the net's, 1 here)")
+    parser.add_argument("--shrink", action=argparse.BooleanOptionalAction,
+                        help="override whether spike-and-slab and BMR runs shrink while training")
     parser.add_argument("--n-train", type=int, help="subsample the 60,000 training images")
     parser.add_argument("--n-test", type=int, help="subsample the 10,000 test images")
     parser.add_argument("--samples", type=int, default=10, help="posterior samples for BMA")
@@ -158,7 +166,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     parser.add_argument("--tag", default="", help="suffix of the result file names")
     args = parser.parse_args(argv)
-    for name in ("epochs", "batch_size", "n_train", "n_test"):
+    for name in ("epochs", "batch_size", "n_train", "n_test", "lr", "indicator_lr", "sigma0"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
@@ -170,8 +178,9 @@ def main(argv=None) -> dict:
     schedule = dict(SCHEDULES[args.schedule])
     if args.epochs is not None:
         schedule["epochs"] = args.epochs
-    if args.batch_size is not None:
-        schedule["batch_size"] = args.batch_size
+    for name in ("batch_size", "lr", "indicator_lr", "rho_init", "sigma0", "shrink"):
+        if getattr(args, name) is not None:
+            schedule[name] = getattr(args, name)
     name = f"fmnist_{args.schedule}{'_' + args.tag if args.tag else ''}"
     header = {"schedule": args.schedule, "settings": schedule,
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--n-test", type=int, default=None, help="use only this many test examples")
     what.add_argument("--net", default="mlp", choices=sorted(NETS), help="architecture")
     what.add_argument("--widths", type=_widths, default=[400, 400], help="MLP hidden widths, e.g. 400,400")
-    what.add_argument("--activation", default="silu", choices=sorted(ACTIVATIONS), help="MLP activation")
+    what.add_argument("--activation", default="silu", choices=sorted(ACTIVATIONS),
+                      help="activation of the MLP, LeNets and ResNets (ViT and Mixer: GELU)")
     what.add_argument("--prior", default="ss-ghs", choices=sorted(PRIORS), help="shrinkage prior")
     what.add_argument("--sigma0", type=float, default=None,
                       help="slab scale sigma_0 (default: 1, or the net's reference value, 0.2 for ResNets)")

@@ -202,6 +202,8 @@ def net_config(config: RunConfig, dataset: Dataset) -> dict:
         kwargs = dict(image_size=int(size), in_channels=int(channels), num_classes=int(outputs))
         if config.net.startswith("resnet"):
             kwargs["depth"] = int(config.net.removeprefix("resnet"))
+        if "activation" in inspect.signature(cls.__init__).parameters:
+            kwargs["activation"] = config.activation
         from flax import nnx
         built = cls(**kwargs, rngs=nnx.Rngs(0)).config
     if config.net.startswith("resnet"):

@@ -405,3 +405,24 @@ def test_lenet_max_pool_equals_flax(shape):
     grad = jax.grad(lambda x: jnp.sum(max_pool(x) * weights))(x)
     np.testing.assert_array_equal(grad, jax.grad(lambda x: jnp.sum(reference(x) * weights))(x))
     assert int((grad != 0).sum()) == weights.size
+
+
+@pytest.mark.parametrize("net, shape, activation", [("lenet5-caffe", (28, 28, 1), "tanh"),
+                                                     ("lenet5", (28, 28, 1), None),
+                                                     ("resnet20", (32, 32, 3), "relu"),
+                                                     ("vit", (32, 32, 3), "tanh")])
+def test_run_config_activation_reaches_the_conv_nets(net, shape, activation):
+    """``sparse-bnn fit --activation`` builds the LeNets and ResNets with it (SiLU by default);
+    nets without an activation argument (ViT, Mixer) ignore it."""
+    from types import SimpleNamespace
+    from sparse_bnn.run import RunConfig, net_config
+    dataset = SimpleNamespace(input_shape=shape, num_classes=10, task="classification", name="images")
+    extra = {} if activation is None else {"activation": activation}
+    built = net_config(RunConfig(out="unused", net=net, **extra), dataset)
+    if net == "vit":
+        assert "activation" not in built
+        return
+    assert built["activation"] == (activation or "silu")
+    model = net_from_config(built)
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, *shape))
+    assert model.activation == built["activation"] and model(x).shape == (2, 10)

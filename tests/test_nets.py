@@ -1,6 +1,8 @@
 """Architectures: shapes, parameter counts, unit-layer declarations, compact == masked."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import jax
@@ -15,6 +17,7 @@ from sparse_bnn.nets.mlp import MLP
 from sparse_bnn.nets.mixer import MLPMixer
 from sparse_bnn.nets.resnet import ResNet, recompute_batch_stats
 from sparse_bnn.nets.vit import VisionTransformer
+from sparse_bnn.run import RunConfig, net_config
 
 ARCHITECTURES = [LeNet5Caffe, LeNet5, ResNet, VisionTransformer, MLPMixer]
 
@@ -414,8 +417,6 @@ def test_lenet_max_pool_equals_flax(shape):
 def test_run_config_activation_reaches_the_conv_nets(net, shape, activation):
     """``sparse-bnn fit --activation`` builds the LeNets and ResNets with it (SiLU by default);
     nets without an activation argument (ViT, Mixer) ignore it."""
-    from types import SimpleNamespace
-    from sparse_bnn.run import RunConfig, net_config
     dataset = SimpleNamespace(input_shape=shape, num_classes=10, task="classification", name="images")
     extra = {} if activation is None else {"activation": activation}
     built = net_config(RunConfig(out="unused", net=net, **extra), dataset)

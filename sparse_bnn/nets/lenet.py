@@ -16,11 +16,11 @@ is a unit. The dense layer after the flattened ``[B, H, W, C]`` feature map cons
   whose ``32x32`` input is MNIST padded by 2 pixels.
 
 Activations must satisfy ``act(0) = 0`` so that a removed channel sends exactly zero through
-max-pooling and padding. SiLU by default, as in the spike-and-slab reference code's LeNet-5-Caffe
-and in this library's MLP and ResNets: under spike-and-slab SVI a ReLU LeNet can die (measured:
-LeNet-5-Caffe with SS-GHS, Adam 3e-3, ``rho_init=-3`` sat at ``nll = log 10`` from its second
-epoch on, every pre-activation negative), and on LeNet-5 SiLU reached a better ELBO, accuracy
-and calibration in 40 epochs (README, "LeNet activation").
+max-pooling and padding. SiLU by default, as in the spike-and-slab reference code's
+LeNet-5-Caffe and in this library's MLP and ResNets: under spike-and-slab SVI a ReLU LeNet can
+die (measured: LeNet-5-Caffe with SS-GHS, Adam 3e-3, ``rho_init=-3`` sat at ``nll = log 10``
+from its second epoch on, no pre-activation of its second conv positive), and on LeNet-5 SiLU
+reached a better ELBO, accuracy and calibration in 40 epochs (README, "LeNet activation").
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ from sparse_bnn.nets.mlp import get_activation
 
 KERNEL_SIZE = 5
 POOL = 2
+DEFAULT_ACTIVATION = "silu"
 
 
 def zero_preserving_activation(name: str):
@@ -88,8 +89,8 @@ class ConvNet(nnx.Module):
 
     def __init__(self, image_size: int, in_channels: int, conv_channels: Sequence[int],
                  conv_paddings: Sequence[str], conv_pools: Sequence[bool],
-                 dense_widths: Sequence[int], num_classes: int, activation: str = "silu",
-                 *, rngs: nnx.Rngs):
+                 dense_widths: Sequence[int], num_classes: int,
+                 activation: str = DEFAULT_ACTIVATION, *, rngs: nnx.Rngs):
         self.image_size, self.in_channels, self.num_classes = check_widths(
             (image_size, in_channels, num_classes), "image_size/in_channels/num_classes")
         self.conv_channels = check_widths(conv_channels, "conv_channels")
@@ -172,7 +173,7 @@ class ConvNet(nnx.Module):
     def from_config(cls, config: dict, rngs: nnx.Rngs) -> "ConvNet":
         return cls(config["image_size"], config["in_channels"], config["conv_channels"],
                    config["conv_paddings"], config["conv_pools"], config["dense_widths"],
-                   config["num_classes"], config.get("activation", "silu"), rngs=rngs)
+                   config["num_classes"], config.get("activation", DEFAULT_ACTIVATION), rngs=rngs)
 
     @classmethod
     def config_with_units(cls, config: dict, units: dict[str, int]) -> dict:
@@ -192,7 +193,7 @@ class LeNet5Caffe(ConvNet):
 
     def __init__(self, image_size: int = 28, in_channels: int = 1, num_classes: int = 10,
                  conv_channels: Sequence[int] = (20, 50), dense_widths: Sequence[int] = (800, 500),
-                 activation: str = "silu", *, rngs: nnx.Rngs):
+                 activation: str = DEFAULT_ACTIVATION, *, rngs: nnx.Rngs):
         if len(conv_channels) != 2:
             raise ValueError(f"LeNet-5-Caffe has 2 convs, got conv_channels={list(conv_channels)}")
         super().__init__(image_size, in_channels, conv_channels, ("VALID", "VALID"), (True, True),
@@ -204,7 +205,7 @@ class LeNet5Caffe(ConvNet):
             raise ValueError(f"LeNet-5-Caffe convs pad VALID, got {config['conv_paddings']}")
         return cls(config["image_size"], config["in_channels"], config["num_classes"],
                    config["conv_channels"], config["dense_widths"],
-                   config.get("activation", "silu"), rngs=rngs)
+                   config.get("activation", DEFAULT_ACTIVATION), rngs=rngs)
 
     @classmethod
     def example_config(cls) -> dict:
@@ -227,7 +228,8 @@ class LeNet5(ConvNet):
 
     def __init__(self, image_size: int = 28, in_channels: int = 1, num_classes: int = 10,
                  conv_channels: Sequence[int] = (6, 16, 120), dense_widths: Sequence[int] = (84,),
-                 activation: str = "silu", first_padding: str = "auto", *, rngs: nnx.Rngs):
+                 activation: str = DEFAULT_ACTIVATION, first_padding: str = "auto", *,
+                 rngs: nnx.Rngs):
         if len(conv_channels) != 3:
             raise ValueError(f"LeNet-5 has 3 convs, got conv_channels={list(conv_channels)}")
         if first_padding == "auto":
@@ -240,7 +242,7 @@ class LeNet5(ConvNet):
         first_padding = config.get("conv_paddings", ["auto"])[0]
         return cls(config["image_size"], config["in_channels"], config["num_classes"],
                    config["conv_channels"], config["dense_widths"],
-                   config.get("activation", "silu"), first_padding, rngs=rngs)
+                   config.get("activation", DEFAULT_ACTIVATION), first_padding, rngs=rngs)
 
     @classmethod
     def example_config(cls) -> dict:

@@ -44,7 +44,7 @@ from sparse_bnn.model import SparseBNN
 from sparse_bnn.nets import NETS, MLP
 from sparse_bnn.posterior import predict
 from sparse_bnn.priors import get_prior
-from sparse_bnn.reduction import fit_with_bmr, sparsity
+from sparse_bnn.reduction import default_warmup_epochs, fit_with_bmr, sparsity
 from sparse_bnn.shrink import ShrinkSchedule, fit_shrinking
 
 RESULTS = Path(__file__).parent / "results"
@@ -55,7 +55,8 @@ SETTINGS = {
               "mlp_widths": (100, 100), "nets": ("mlp",), "lr": 3e-3, "indicator_lr": 1e-2,
               "rho_init": -3.0, "n_samples": 5},
     # the main job's settings (README, "Settings that prune")
-    "full": {"n_train": None, "n_test": None, "epochs": 100, "warmup": 50, "batch_size": 1024,
+    # warm-up None: fit_with_bmr's default (README, "BMR warm-up")
+    "full": {"n_train": None, "n_test": None, "epochs": 100, "warmup": None, "batch_size": 1024,
              "mlp_widths": (400, 400), "nets": ("mlp", "lenet5"), "lr": 3e-3, "indicator_lr": 1e-2,
              "rho_init": -3.0, "n_samples": 10},
 }
@@ -247,18 +248,22 @@ def main(argv=None):
     parser.add_argument("--nets", nargs="+", default=None, help="override the setting's networks")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=None,
-                        help="SVI epochs before BMR's first reduction (default: the setting's share)")
+                        help="SVI epochs before BMR's first reduction (default: fit_with_bmr's, 5; "
+                             "--quick: half the epochs)")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tag", default="", help="suffix of the result files")
     args = parser.parse_args(argv)
     name = "quick" if args.quick else "full"
     setting = dict(SETTINGS[name])
-    if args.epochs:  # the warm-up keeps its share of the schedule unless given
-        setting["warmup"] = setting["warmup"] * args.epochs // setting["epochs"]
+    if args.epochs:
+        if setting["warmup"] is not None:  # the quick setting's warm-up keeps its share of the schedule
+            setting["warmup"] = setting["warmup"] * args.epochs // setting["epochs"]
         setting["epochs"] = args.epochs
     if args.warmup is not None:
         setting["warmup"] = args.warmup
+    if setting["warmup"] is None:
+        setting["warmup"] = default_warmup_epochs(setting["epochs"])
     if not 0 <= setting["warmup"] <= setting["epochs"]:
         parser.error(f"--warmup must be between 0 and the epochs ({setting['epochs']})")
     nets = [n for n in (args.nets or setting["nets"]) if n == "mlp" or n in NETS]

@@ -62,7 +62,8 @@ def run_config(net: str, method: str, schedule: dict, args: argparse.Namespace, 
                      bmr=bmr, epochs=schedule["epochs"], batch_size=schedule["batch_size"],
                      lr=schedule["lr"],
                      **{k: schedule[k] for k in ("indicator_lr", "rho_init", "sigma0") if k in schedule},
-                     shrink=bool(schedule.get("shrink")) and method in SHRINKABLE, seed=args.seed,
+                     shrink=bool(schedule.get("shrink")) and method in SHRINKABLE,
+                     bmr_warmup=schedule.get("bmr_warmup") if bmr != "none" else None, seed=args.seed,
                      data_dir=args.data_dir, n_train=args.n_train,
                      n_test=args.n_test, samples=args.samples, latency=not args.no_latency,
                      download=not args.no_download)
@@ -153,6 +154,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--indicator-lr", type=float, help="override the indicators' learning rate")
     parser.add_argument("--rho-init", type=float, help="override the initial rho of the posterior scales")
     parser.add_argument("--sigma0", type=float, help="slab scale sigma_0 (default: the net's, 1 here)")
+    parser.add_argument("--bmr-warmup", type=int,
+                        help="SVI epochs before BMR's first reduction (default: fit_with_bmr's, 5)")
     parser.add_argument("--shrink", action=argparse.BooleanOptionalAction,
                         help="override whether spike-and-slab and BMR runs shrink while training")
     parser.add_argument("--n-train", type=int, help="subsample the 60,000 training images")
@@ -170,6 +173,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if args.bmr_warmup is not None and args.bmr_warmup < 0:
+        parser.error(f"--bmr-warmup must be >= 0, got {args.bmr_warmup}")
     return args
 
 
@@ -178,7 +183,7 @@ def main(argv=None) -> dict:
     schedule = dict(SCHEDULES[args.schedule])
     if args.epochs is not None:
         schedule["epochs"] = args.epochs
-    for name in ("batch_size", "lr", "indicator_lr", "rho_init", "sigma0", "shrink"):
+    for name in ("batch_size", "lr", "indicator_lr", "rho_init", "sigma0", "shrink", "bmr_warmup"):
         if getattr(args, name) is not None:
             schedule[name] = getattr(args, name)
     name = f"fmnist_{args.schedule}{'_' + args.tag if args.tag else ''}"

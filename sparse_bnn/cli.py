@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="after sparse training, train this many epochs with the kept units frozen")
     train.add_argument("--bmr", default="none", choices=BMR_MODES,
                        help="Bayesian model reduction during training")
+    train.add_argument("--bmr-warmup", type=int, default=None,
+                       help="SVI epochs before the first reduction; then one after every epoch "
+                            "(default: 5, or half the epochs of a run shorter than 10)")
     train.add_argument("--shrink", action="store_true",
                        help="remove switched-off units while training and continue on the smaller network "
                             "(spike-and-slab priors; with --bmr nodewise, the units the reduction prunes)")

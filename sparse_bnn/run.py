@@ -59,7 +59,7 @@ REGRESSION_LIKELIHOOD_NOISE = None  # learned
 # Fields that define the experiment: a resumed run must agree on them with the saved config.
 _MODEL_FIELDS = ("data", "net", "widths", "prior", "batch_size", "lr", "indicator_lr", "seed", "validation_fraction",
                  "n_train", "n_test", "sigma0", "inclusion", "temperature", "soft", "centred",
-                 "augment", "activation", "bmr", "shrink", "rho_init", "shrink_warmup", "shrink_patience",
+                 "augment", "activation", "bmr", "bmr_warmup", "shrink", "rho_init", "shrink_warmup", "shrink_patience",
                  "shrink_threshold", "weight_noise")
 
 
@@ -105,6 +105,7 @@ class RunConfig:
     latency: bool = True
     fine_tune_epochs: int = 0
     bmr: str = "none"
+    bmr_warmup: int | None = None
     shrink: bool = False
     shrink_warmup: int = 10
     shrink_patience: int = 3
@@ -129,7 +130,13 @@ class RunConfig:
             if gamma_options:
                 raise ValueError(f"{', '.join(gamma_options)} set the spike-and-slab removal rule of "
                                  "--shrink; with --bmr nodewise the reduction decides which units go "
-                                 "(after epochs // 2 warm-up epochs), so leave them out")
+                                 "(after --bmr-warmup epochs), so leave them out")
+        if self.bmr_warmup is not None:
+            if self.bmr == "none":
+                raise ValueError("--bmr-warmup is the warm-up of Bayesian model reduction; give --bmr too")
+            if not 0 <= int(self.bmr_warmup) <= int(self.epochs):
+                raise ValueError(f"--bmr-warmup must lie between 0 and the epochs ({self.epochs}), "
+                                 f"got {self.bmr_warmup}")
         for name in ("epochs", "fine_tune_epochs"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -318,7 +325,8 @@ def _fit_function(config: RunConfig) -> Callable[..., FitResult]:
             raise ValueError(f"--bmr {config.bmr} needs sparse_bnn.reduction.fit_with_bmr, which this "
                              f"installation lacks ({error}); run without --bmr") from error
         shrink = config.shrink_schedule() if config.shrink else None
-        return lambda bnn, x, y, **kwargs: fit_with_bmr(bnn, x, y, mode=config.bmr, shrink=shrink, **kwargs)
+        return lambda bnn, x, y, **kwargs: fit_with_bmr(bnn, x, y, mode=config.bmr, warmup_epochs=config.bmr_warmup,
+                                                        shrink=shrink, **kwargs)
     if config.shrink:
         try:
             from sparse_bnn.shrink import fit_shrinking

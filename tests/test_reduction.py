@@ -388,11 +388,12 @@ def test_shrinking_needs_nodewise_bmr(teacher):
         fit_shrinking(teacher_bnn(), x, y, epochs=2, progress=False)
 
 
-@pytest.mark.parametrize("mode, shrink, epochs, batch_size", [("elementwise", False, 16, 64),
-                                                              ("nodewise", True, 40, 32)])
-def test_bmr_from_the_cli_options(tmp_path, mode, shrink, epochs, batch_size):
-    """``sparse-bnn fit --prior flat --bmr MODE [--shrink]``: the run prunes after the warm-up
-    (epochs // 2), writes the usual run directory and reports against the original network."""
+@pytest.mark.parametrize("mode, shrink, epochs, batch_size, warmup", [("elementwise", False, 16, 64, 3),
+                                                                      ("nodewise", True, 40, 32, None)])
+def test_bmr_from_the_cli_options(tmp_path, mode, shrink, epochs, batch_size, warmup):
+    """``sparse-bnn fit --prior flat --bmr MODE [--shrink] [--bmr-warmup W]``: the run prunes after
+    the warm-up (W, by default 5 epochs), writes the usual run directory and reports against the
+    original network."""
     import json
     from sparse_bnn.cli import build_parser
     from sparse_bnn.run import RunConfig, build_model, load_run_dataset, net_config, run_experiment
@@ -402,27 +403,35 @@ def test_bmr_from_the_cli_options(tmp_path, mode, shrink, epochs, batch_size):
         ["fit", "--data", "digits", "--n-train", "320", "--n-test", "100", "--widths", "24,16", "--prior", "flat",
          "--bmr", mode, *(["--shrink"] if shrink else []), "--batch-size", str(batch_size), "--lr", "1e-2",
          "--rho-init", "-3", "--epochs", str(epochs), "--samples", "2", "--no-latency", "--weight-noise", "threefry",
-         "--out", str(out)])
+         *(["--bmr-warmup", str(warmup)] if warmup is not None else []), "--out", str(out)])
     config = RunConfig(**{k: v for k, v in vars(args).items() if k in set(RunConfig.__dataclass_fields__)})
     dataset = load_run_dataset(config)
     assert build_model(config, dataset, net_config(config, dataset)).weight_noise == "threefry"
     metrics = run_experiment(config, progress=False)
     history = json.loads((out / "history.json").read_text())
     saved = json.loads((out / "config.json").read_text())["run"]
-    assert (saved["bmr"], saved["shrink"], saved["weight_noise"]) == (mode, shrink, "threefry")
+    assert (saved["bmr"], saved["bmr_warmup"], saved["shrink"], saved["weight_noise"]) == \
+        (mode, warmup, shrink, "threefry")
     for name in ("metrics.json", "report.json", "compact"):
         assert (out / name).exists(), name
     assert metrics["total_units"] == {"dense0": 24, "dense1": 16}
     assert metrics["params_dense"] == (64 * 24 + 24) + (24 * 16 + 16) + (16 * 10 + 10)
     assert metrics["bma"]["accuracy"] > 0.5
+    warmup = 5 if warmup is None else warmup   # the default warm-up
     if shrink:
-        assert all(not r["removed"] for r in history[:epochs // 2 - 1])   # reduction from epochs // 2 on
+        assert all(not r["removed"] for r in history[:warmup - 1])   # reduction from the warm-up's end on
+        assert any(r["removed"] for r in history[:epochs // 2])   # earlier than half the run
         removed = sum(len(units) for r in history for units in r["removed"].values())
         assert removed > 0 and sum(history[-1]["alive"].values()) == 40 - removed
         assert sum(metrics["kept_units"].values()) <= sum(history[-1]["alive"].values())
-    else:
-        assert [r["pruned_fraction"] for r in history[:epochs // 2 - 1]] == [0.0] * (epochs // 2 - 1)
+    else:   # a reduction after every epoch from the warm-up's last on, none before
+        assert [r["bmr_seconds"] > 0 for r in history] == [False] * (warmup - 1) + [True] * (epochs - warmup + 1)
+        assert [r["pruned_fraction"] for r in history[:warmup - 1]] == [0.0] * (warmup - 1)
         assert history[-1]["pruned_fraction"] > 0
+
+
+def test_default_warmup_is_five_epochs_or_half_a_short_run():
+    assert [reduction.default_warmup_epochs(n) for n in (1, 2, 7, 10, 11, 300)] == [1, 1, 3, 5, 5, 5]
 
 
 def test_bmr_cli_option_conflicts(tmp_path):
@@ -434,4 +443,8 @@ def test_bmr_cli_option_conflicts(tmp_path):
         RunConfig(**base, bmr="nodewise", shrink=True, shrink_patience=5).check()
     with pytest.raises(ValueError, match="weight_noise"):
         RunConfig(**base, weight_noise="philox").check()
+    with pytest.raises(ValueError, match="give --bmr"):
+        RunConfig(**base, bmr_warmup=3).check()
+    with pytest.raises(ValueError, match="between 0 and the epochs"):
+        RunConfig(**base, bmr="nodewise", epochs=5, bmr_warmup=6).check()
     RunConfig(**base, bmr="nodewise", shrink=True).check()

@@ -44,7 +44,7 @@ from sparse_bnn.model import SparseBNN
 from sparse_bnn.nets import NETS, MLP
 from sparse_bnn.posterior import predict
 from sparse_bnn.priors import get_prior
-from sparse_bnn.reduction import default_warmup_epochs, fit_with_bmr, sparsity
+from sparse_bnn.reduction import fit_with_bmr, resolve_warmup_epochs, sparsity
 from sparse_bnn.shrink import ShrinkSchedule, fit_shrinking
 
 RESULTS = Path(__file__).parent / "results"
@@ -262,10 +262,10 @@ def main(argv=None):
         setting["epochs"] = args.epochs
     if args.warmup is not None:
         setting["warmup"] = args.warmup
-    if setting["warmup"] is None:
-        setting["warmup"] = default_warmup_epochs(setting["epochs"])
-    if not 0 <= setting["warmup"] <= setting["epochs"]:
-        parser.error(f"--warmup must be between 0 and the epochs ({setting['epochs']})")
+    try:
+        setting["warmup"] = resolve_warmup_epochs(setting["warmup"], setting["epochs"])
+    except ValueError as error:
+        parser.error(f"--warmup: {error}")
     nets = [n for n in (args.nets or setting["nets"]) if n == "mlp" or n in NETS]
     data = load_dataset("fashion-mnist", data_dir=args.data_dir, n_train=setting["n_train"],
                         n_test=setting["n_test"], seed=args.seed)

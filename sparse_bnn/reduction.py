@@ -57,6 +57,19 @@ def default_warmup_epochs(epochs: int) -> int:
     return min(DEFAULT_WARMUP_EPOCHS, max(1, int(epochs) // 2))
 
 
+def resolve_warmup_epochs(warmup_epochs: int | None, epochs: int) -> int:
+    """The warm-up ``fit_with_bmr`` runs: ``warmup_epochs``, or the default when ``None``.
+
+    Raises ``ValueError`` unless ``0 <= warmup_epochs <= epochs``.
+    """
+    if warmup_epochs is None:
+        return default_warmup_epochs(epochs)
+    if not 0 <= int(warmup_epochs) <= int(epochs):
+        raise ValueError(f"warmup_epochs (--bmr-warmup) must lie between 0 and the epochs ({epochs}), "
+                         f"got {warmup_epochs}; reduction runs after every epoch from warmup_epochs on")
+    return int(warmup_epochs)
+
+
 class ReductionStats(NamedTuple):
     """What one reduction step did (all jax scalars / ``{layer: scalar}``).
 
@@ -531,11 +544,7 @@ def fit_with_bmr(bnn: SparseBNN, x, y, *, mode: str = "elementwise", warmup_epoc
         raise ValueError(f"unknown BMR mode {mode!r}; choose one of {MODES}")
     if int(epochs) < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
-    if warmup_epochs is None:
-        warmup_epochs = default_warmup_epochs(epochs)
-    if int(warmup_epochs) < 0 or int(warmup_epochs) > int(epochs):
-        raise ValueError(f"warmup_epochs must be in [0, epochs={epochs}], got {warmup_epochs}; "
-                         "reduction runs after every epoch from warmup_epochs on")
+    warmup_epochs = resolve_warmup_epochs(warmup_epochs, epochs)
     if int(batch_size) <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if not 0.0 < float(max_prune_fraction) <= 1.0:

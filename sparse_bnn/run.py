@@ -134,9 +134,8 @@ class RunConfig:
         if self.bmr_warmup is not None:
             if self.bmr == "none":
                 raise ValueError("--bmr-warmup is the warm-up of Bayesian model reduction; give --bmr too")
-            if not 0 <= int(self.bmr_warmup) <= int(self.epochs):
-                raise ValueError(f"--bmr-warmup must lie between 0 and the epochs ({self.epochs}), "
-                                 f"got {self.bmr_warmup}")
+            from sparse_bnn.reduction import resolve_warmup_epochs
+            resolve_warmup_epochs(self.bmr_warmup, self.epochs)
         for name in ("epochs", "fine_tune_epochs"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

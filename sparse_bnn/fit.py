@@ -490,7 +490,9 @@ def run_epochs(state: TrainState, history: list[dict], *, epochs: int,
         bar = tqdm(total=epochs, initial=int(state.epoch), desc=description, unit="epoch")
     try:
         while int(state.epoch) < epochs:
-            last_good = jax.tree_util.tree_map(jnp.copy, state)
+            # a copy (the epoch donates its state) that keeps each array's sharding and, unlike
+            # jnp.copy, compiles nothing: a shrinking run would compile one copy per new shape
+            last_good = jax.tree_util.tree_map(lambda v: jax.device_put(v, may_alias=False), state)
             started = time.perf_counter()
             new_state, stats = run_epoch(state)
             stats = jax.device_get(stats)

@@ -67,7 +67,7 @@ import optax
 from sparse_bnn.fit import (FitResult, TrainState, epoch_summary, init_state, load_checkpoint, make_epoch,
                             make_step, make_validation, run_epochs, save_checkpoint, validate_data)
 from sparse_bnn.model import Masks, SparseBNN
-from sparse_bnn.nets.base import UnitLayer, unit_broadcast
+from sparse_bnn.nets.base import UnitLayer
 from sparse_bnn.prune import check_keep, compact
 
 SHRINK_FILE = "shrink.json"
@@ -185,13 +185,16 @@ def slice_sites(bnn: SparseBNN, arrays: Mapping[str, Any], keep: Mapping[str, An
     axes = site_unit_axes(bnn)
     out = dict(arrays)
     for site, value in arrays.items():
-        for layer_name, axis, interleave in axes.get(site, ()):
-            mask = masks[layer_name]
-            if mask.all():
-                continue
-            take = jnp.take if isinstance(value, jax.Array) else np.take
-            value = take(value, _unit_indices(mask, interleave), axis=axis)
-        out[site] = value
+        cuts = [(axis, _unit_indices(masks[name], interleave))
+                for name, axis, interleave in axes.get(site, ()) if not masks[name].all()]
+        if not cuts:
+            continue
+        # on the host (and back with device_put, not jnp.asarray, which compiles a copy): a
+        # device gather would compile once per new shape, at every shrink
+        sliced = np.asarray(value)
+        for axis, indices in cuts:
+            sliced = np.take(sliced, indices, axis=axis)
+        out[site] = jax.device_put(sliced) if isinstance(value, jax.Array) else sliced
     return out
 
 
@@ -249,7 +252,7 @@ def slice_opt_state(bnn: SparseBNN, opt_state: Any, params: Mapping[str, jax.Arr
 def slice_masks(bnn: SparseBNN, masks: Masks, keep: Mapping[str, Any]) -> Masks:
     """Unit masks and weight masks of the kept units."""
     checked = check_keep(bnn.layers, keep)
-    units = {name: jnp.asarray(value)[np.flatnonzero(checked[name])] if name in checked else value
+    units = {name: jax.device_put(np.asarray(value)[checked[name]]) if name in checked else value
              for name, value in masks.units.items()}
     weights = slice_sites(bnn, dict(masks.weights), keep)
     return Masks(units, weights)
@@ -307,23 +310,24 @@ def release_units(bnn: SparseBNN, params: Mapping[str, jax.Array], opt_state: An
       ``(params, opt_state)``.
     """
     rho_prior = float(np.log(np.expm1(bnn.prior.sigma_0)))
-    rows: dict[str, jax.Array] = {}      # weight site -> bool mask of entries to release
-    own: dict[str, jax.Array] = {}       # weight site -> bool mask of the removed units' own entries
+    # Host-side NumPy throughout: eager device ops would compile once per new shape.
+    rows: dict[str, np.ndarray] = {}     # weight site -> bool mask of entries to release
+    own: dict[str, np.ndarray] = {}      # weight site -> bool mask of the removed units' own entries
     for layer in bnn.layers:
         if layer.name not in removed or not np.any(removed[layer.name]):
             continue
-        gone = jnp.asarray(np.asarray(removed[layer.name], bool))
+        gone = np.asarray(removed[layer.name], bool)
         for target, refs in ((rows, layer.consumers), (own, layer.members)):
             for ref in refs:
                 if ref.path not in bnn.shapes:
                     continue
                 site, shape = bnn.weight_site(ref.path), bnn.shapes[ref.path]
-                hit = jnp.broadcast_to(unit_broadcast(gone, len(shape), ref.axis, ref.interleave), shape)
+                hit = _unit_entries(gone, shape, ref.axis, ref.interleave)
                 target[site] = target[site] | hit if site in target else hit
     params = dict(params)
     for site, hit in rows.items():
-        params[f"{site}.loc"] = jnp.where(hit, 0.0, params[f"{site}.loc"])
-        params[f"{site}.rho"] = jnp.where(hit, rho_prior, params[f"{site}.rho"])
+        params[f"{site}.loc"] = _where(hit, 0.0, params[f"{site}.loc"])
+        params[f"{site}.rho"] = _where(hit, rho_prior, params[f"{site}.rho"])
     stopped = {}
     for site in set(rows) | set(own):
         row_hit, own_hit = rows.get(site), own.get(site)
@@ -337,11 +341,26 @@ def release_units(bnn: SparseBNN, params: Mapping[str, jax.Array], opt_state: An
     def stop(node):
         if not is_params_like(node):
             return node
-        return {k: (jnp.where(stopped[k], jnp.zeros((), v.dtype), v)
-                    if k in stopped and hasattr(v, "shape") and tuple(v.shape) == tuple(stopped[k].shape)
+        return {k: (_where(stopped[k], 0.0, v)
+                    if k in stopped and hasattr(v, "shape") and tuple(v.shape) == stopped[k].shape
                     else v) for k, v in node.items()}
 
     return params, jax.tree_util.tree_map(stop, opt_state, is_leaf=is_params_like)
+
+
+def _unit_entries(units: np.ndarray, shape: Sequence[int], axis: int, interleave: int = 1) -> np.ndarray:
+    """Bool ``shape``: the entries of a weight array whose index along ``axis`` belongs to one of
+    the ``units`` (bool ``[k]``; ``interleave`` copies, unit index fastest)."""
+    along = np.tile(units, interleave)
+    index = [1] * len(shape)
+    index[axis % len(shape)] = along.shape[0]
+    return np.broadcast_to(along.reshape(index), tuple(shape))
+
+
+def _where(hit: np.ndarray, value: float, array: Any) -> jax.Array:
+    """``array`` with ``value`` at ``hit``, computed on the host, returned on the device."""
+    host = np.asarray(array)
+    return jax.device_put(np.where(hit, np.asarray(value, host.dtype), host))
 
 
 def bucketed_width(alive: int, original: int, bucket: int) -> int:
@@ -601,7 +620,7 @@ def _remove_units(bnn: SparseBNN, state: TrainState, tracker: _Tracker, shrink: 
             continue
         mask = np.asarray(unit_masks[name], np.float32).copy()
         mask[gone] = 0.0
-        unit_masks[name] = jnp.asarray(mask)
+        unit_masks[name] = jax.device_put(mask)
         tracker.below[name][gone] = 0
         released[name] = np.zeros(mask.shape, bool)
         released[name][gone] = True

@@ -34,9 +34,10 @@ from sparse_bnn.model import Masks, SparseBNN
 from sparse_bnn.nets import MLP, NETS, net_from_config
 from sparse_bnn.nets.base import unit_broadcast
 from sparse_bnn.priors import get_prior
+from sparse_bnn.fit import init_state
 from sparse_bnn.shrink import (ShrinkSchedule, bucketed_width,
-                               fit_shrinking, release_units, removal_threshold, shrunk_model, site_unit_axes, slice_opt_state,
-                               slice_sites, slice_variational)
+                               fit_shrinking, release_units, removal_threshold, shrunk_model, site_unit_axes, slice_masks,
+                               slice_opt_state, slice_sites, slice_variational)
 
 
 class fixed_noise(Messenger):
@@ -249,6 +250,44 @@ def test_one_adam_step_after_shrinking_equals_the_masked_step(optimizer):
     expected_state = slice_opt_state(bnn, big_state, big_after, keep)
     for got, want in zip(jax.tree_util.tree_leaves(small_state), jax.tree_util.tree_leaves(expected_state)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_removing_and_slicing_compile_nothing():
+    """The host-side bookkeeping of a shrink (release, slicing) runs in NumPy: eager device ops
+    would compile once per new shape, at every removal and every rebuild (~1 s per rebuild of the
+    Fashion-MNIST MLP). Widths no other test uses, so a compile could not hide in JAX's cache."""
+    net = MLP(7, (29, 23), 3, rngs=nnx.Rngs(0))
+    bnn = SparseBNN(net, get_prior("ss-ghs"), n_data=50)
+    masks = Masks({"dense0": jnp.ones(29), "dense1": jnp.ones(23)})
+    state = init_state(bnn, svi_optimizer(1e-2, 5e-2), masks=masks)
+    removed = {"dense0": np.isin(np.arange(29), [1, 4, 20]), "dense1": np.isin(np.arange(23), [0, 5])}
+    keep = {"dense0": ~removed["dense0"], "dense1": ~removed["dense1"]}
+    compiles = []
+
+    def listener(event, seconds, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(seconds)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        params, opt_state = release_units(bnn, state.params, state.opt_state, removed)
+        small_params = slice_variational(bnn, params, keep)
+        small_opt_state = slice_opt_state(bnn, opt_state, params, keep)
+        small_masks = slice_masks(bnn, masks, keep)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert compiles == []
+    assert small_params["layers.0.kernel.loc"].shape == (7, 26)
+    assert small_params["layers.1.kernel.loc"].shape == (26, 21)
+    assert small_masks.units["dense0"].shape == (26,)
+    for leaf in jax.tree_util.tree_leaves((small_params, small_opt_state, small_masks)):
+        assert isinstance(leaf, jax.Array)
+    # the released rows are at the prior in the full arrays, and sliced away in the small ones
+    rho_prior = np.log(np.expm1(bnn.prior.sigma_0))
+    np.testing.assert_allclose(np.asarray(params["layers.1.kernel.rho"])[[1, 4, 20]], rho_prior, rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(params["layers.1.kernel.loc"])[[1, 4, 20]], 0.0)
+    np.testing.assert_array_equal(np.asarray(small_params["layers.0.kernel.loc"]),
+                                  np.asarray(state.params["layers.0.kernel.loc"])[:, keep["dense0"]])
 
 
 def test_slice_variational_rejects_bad_keep():

@@ -128,6 +128,7 @@ def run_method(method, net_name, data, setting, seed=0):
         bnn = SparseBNN(net, get_prior(prior), n_data=data.x_train.shape[0], rho_init=setting["rho_init"])
         # the indicator rate only touches spike-and-slab priors' indicator logits
         elapsed = []
+        shrink_schedule = ShrinkSchedule(shrink_factor=setting.get("shrink_factor", ShrinkSchedule().shrink_factor))
         common = dict(epochs=setting["epochs"], batch_size=setting["batch_size"], seed=seed,
                       optimizer=svi_optimizer(setting["lr"], setting["indicator_lr"]), progress=False,
                       validation=(data.x_test, data.y_test),
@@ -135,9 +136,9 @@ def run_method(method, net_name, data, setting, seed=0):
         if base.startswith("bmr-"):
             result = fit_with_bmr(bnn, data.x_train, data.y_train, mode=base[4:],
                                   warmup_epochs=setting["warmup"],
-                                  shrink=ShrinkSchedule() if shrinking else None, **common)
+                                  shrink=shrink_schedule if shrinking else None, **common)
         elif shrinking:
-            result = fit_shrinking(bnn, data.x_train, data.y_train, shrink=ShrinkSchedule(), **common)
+            result = fit_shrinking(bnn, data.x_train, data.y_train, shrink=shrink_schedule, **common)
         else:
             result = fit(bnn, data.x_train, data.y_train, **common)
         wall = time.perf_counter() - started
@@ -250,6 +251,9 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=None,
                         help="SVI epochs before BMR's first reduction (default: fit_with_bmr's, 5; "
                              "--quick: half the epochs)")
+    parser.add_argument("--shrink-factor", type=float, default=None,
+                        help="the -shrink rows rebuild the network when a layer's width falls to this "
+                             "fraction of its physical width (default: ShrinkSchedule's, 0.5)")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tag", default="", help="suffix of the result files")
@@ -266,6 +270,12 @@ def main(argv=None):
         setting["warmup"] = resolve_warmup_epochs(setting["warmup"], setting["epochs"])
     except ValueError as error:
         parser.error(f"--warmup: {error}")
+    if args.shrink_factor is not None:
+        try:
+            ShrinkSchedule(shrink_factor=args.shrink_factor).validate()
+        except ValueError as error:
+            parser.error(f"--shrink-factor: {error}")
+        setting["shrink_factor"] = args.shrink_factor
     nets = [n for n in (args.nets or setting["nets"]) if n == "mlp" or n in NETS]
     data = load_dataset("fashion-mnist", data_dir=args.data_dir, n_train=setting["n_train"],
                         n_test=setting["n_test"], seed=args.seed)

@@ -60,7 +60,7 @@ REGRESSION_LIKELIHOOD_NOISE = None  # learned
 _MODEL_FIELDS = ("data", "net", "widths", "prior", "batch_size", "lr", "indicator_lr", "seed", "validation_fraction",
                  "n_train", "n_test", "sigma0", "inclusion", "temperature", "soft", "centred",
                  "augment", "activation", "bmr", "bmr_warmup", "shrink", "rho_init", "shrink_warmup", "shrink_patience",
-                 "shrink_threshold", "weight_noise")
+                 "shrink_threshold", "shrink_factor", "weight_noise")
 
 
 class RunDirectoryError(ValueError):
@@ -110,6 +110,7 @@ class RunConfig:
     shrink_warmup: int = 10
     shrink_patience: int = 3
     shrink_threshold: float | None = None
+    shrink_factor: float = 0.5
     devices: int | None = None
 
     def check(self) -> "RunConfig":
@@ -163,6 +164,13 @@ class RunConfig:
             raise ValueError(f"unknown weight_noise {self.weight_noise!r}; choose one of {tuple(WEIGHT_NOISE)}")
         if self.shrink:
             self.shrink_schedule().validate()
+        else:
+            shrink_options = [f"--{name.replace('_', '-')}" for name in ("shrink_warmup", "shrink_patience",
+                                                                        "shrink_threshold", "shrink_factor")
+                              if getattr(self, name) != _FIELD_DEFAULTS[name]]
+            if shrink_options:
+                raise ValueError(f"{', '.join(shrink_options)} set how --shrink removes units and rebuilds "
+                                 "the network; give --shrink too")
         if self.devices is not None and int(self.devices) <= 0:
             raise ValueError(f"devices must be a positive integer, got {self.devices}")
         if self.data_dir is not None and not Path(self.data_dir).is_dir():
@@ -175,7 +183,7 @@ class RunConfig:
         """The :class:`~sparse_bnn.shrink.ShrinkSchedule` of ``--shrink``."""
         from sparse_bnn.shrink import ShrinkSchedule
         return ShrinkSchedule(warmup_epochs=int(self.shrink_warmup), patience=int(self.shrink_patience),
-                              threshold=self.shrink_threshold)
+                              threshold=self.shrink_threshold, shrink_factor=float(self.shrink_factor))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -101,9 +101,11 @@ class ShrinkSchedule(NamedTuple):
       shrink_factor: shrink physically only when some layer's bucketed width is at most this
         fraction of its physical width (all layers shrink then). ``1.0`` shrinks at every bucket
         drop; the default 0.5 bounds recompilations by ``~log2(k / bucket)`` per layer however
-        gradually units go, at the price of some padding. A recompilation of the MLP
-        784-400-400-10 epoch costs ~5.5 s on 2 CPU cores (about 6 full epochs): on Fashion-MNIST
-        0.5 needs 6 compilations in 150 epochs where 0.75 needs 12.
+        gradually units go, at the price of some padding. A rebuild of the MLP 784-400-400-10
+        costs 3-4 s on 2 CPU cores (compiling the epoch, the evaluation and a BMR rule's
+        reduction; about five full epochs): on Fashion-MNIST 0.5 needs 6 compilations in 150
+        epochs where 0.75 needs 12; 0.25 made node-wise BMR and SS-GHS (100 epochs) 17-25%
+        quicker than 0.5 (``benchmarks/bmr_vs_svi.py --shrink-factor``).
     """
 
     warmup_epochs: int = 10

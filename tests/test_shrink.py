@@ -453,10 +453,10 @@ def test_shrink_from_the_run_api_and_cli_options(tmp_path):
         ["fit", "--data", "digits", "--n-train", "320", "--n-test", "100", "--widths", "24,16",
          "--batch-size", "64", "--lr", "1e-2", "--indicator-lr", "0.2", "--inclusion", "1e-3", "--rho-init", "-3",
          "--shrink", "--shrink-warmup", "2", "--shrink-patience", "2", "--shrink-threshold", "0.05",
-         "--epochs", "25", "--samples", "2", "--no-latency", "--out", str(tmp_path / "run")])
+         "--shrink-factor", "1", "--epochs", "25", "--samples", "2", "--no-latency", "--out", str(tmp_path / "run")])
     names = set(RunConfig.__dataclass_fields__)
     config = RunConfig(**{k: v for k, v in vars(args).items() if k in names})
-    assert config.shrink_schedule() == ShrinkSchedule(warmup_epochs=2, patience=2, threshold=0.05)
+    assert config.shrink_schedule() == ShrinkSchedule(warmup_epochs=2, patience=2, threshold=0.05, shrink_factor=1.0)
     dataset = load_run_dataset(config)
     assert build_model(config, dataset, net_config(config, dataset)).rho_init == -3.0
 
@@ -467,6 +467,12 @@ def test_shrink_from_the_run_api_and_cli_options(tmp_path):
     assert all(not r["removed"] for r in history[:3])  # warm-up 2 + patience 2: epoch 4 at the earliest
     assert history[-1]["alive"] == {name: width - removed[name]
                                     for name, width in (("dense0", 24), ("dense1", 16))}
+    # shrink factor 1: every layer is rebuilt as soon as its alive units fit in fewer buckets (the
+    # default 0.5 would keep dense0 at 24 units until at most 12 of them fitted in one bucket)
+    for record in history:
+        assert record["widths"] == {name: bucketed_width(record["alive"][name], width, 16)
+                                    for name, width in (("dense0", 24), ("dense1", 16))}
+    assert history[-1]["widths"]["dense0"] == 16
     # the report compares the compact network with the original dense one, not the shrunk one
     assert metrics["total_units"] == {"dense0": 24, "dense1": 16}
     assert metrics["params_dense"] == (64 * 24 + 24) + (24 * 16 + 16) + (16 * 10 + 10)
@@ -476,3 +482,7 @@ def test_shrink_from_the_run_api_and_cli_options(tmp_path):
 
     with pytest.raises(ValueError, match="patience"):
         RunConfig(out=str(tmp_path / "bad"), data="digits", shrink=True, shrink_patience=0).check()
+    with pytest.raises(ValueError, match="shrink_factor must lie"):
+        RunConfig(out=str(tmp_path / "bad"), data="digits", shrink=True, shrink_factor=1.5).check()
+    with pytest.raises(ValueError, match="--shrink-threshold, --shrink-factor set how --shrink .*give --shrink too"):
+        RunConfig(out=str(tmp_path / "bad"), data="digits", shrink_factor=0.25, shrink_threshold=0.1).check()

@@ -205,8 +205,8 @@ def main(argv=None) -> dict:
     args.results_dir.mkdir(parents=True, exist_ok=True)
     result = {**header, "rows": rows}
     stem = args.results_dir / name
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(rows, header))
+    stem.with_name(stem.name + ".json").write_text(json.dumps(result, indent=2) + "\n")
+    stem.with_name(stem.name + ".md").write_text(markdown(rows, header))
     for path in plot(rows, stem):
         print(f"wrote {path}")
     print(markdown(rows, header))

@@ -291,9 +291,10 @@ def main(argv=None):
     stem = RESULTS / f"bmr_vs_svi_{name}{'_' + args.tag if args.tag else ''}"
     setting_record = {**{k: list(v) if isinstance(v, tuple) else v for k, v in setting.items()},
                       "seed": args.seed}
-    rows = merged_rows(stem.with_name(stem.name + ".json"), setting_record, rows)
+    json_path = stem.with_name(stem.name + ".json")  # not with_suffix: a dotted --tag would lose its end
+    rows = merged_rows(json_path, setting_record, rows)
     info = {"setting": setting_record, "device": str(jax.devices()[0]), "rows": rows}
-    stem.with_name(stem.name + ".json").write_text(json.dumps(info, indent=1))
+    json_path.write_text(json.dumps(info, indent=1))
     stem.with_name(stem.name + ".md").write_text(markdown(rows, name))
     plot(rows, stem.with_name(stem.name + "_sparsity.png"))
     print(markdown(rows, name))

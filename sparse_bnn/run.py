@@ -63,6 +63,10 @@ _MODEL_FIELDS = ("data", "net", "widths", "prior", "batch_size", "lr", "indicato
                  "shrink_threshold", "shrink_factor", "weight_noise")
 
 
+# --shrink options of the spike-and-slab removal rule (GammaRule); meaningless with --bmr nodewise.
+_GAMMA_RULE_FIELDS = ("shrink_warmup", "shrink_patience", "shrink_threshold")
+
+
 class RunDirectoryError(ValueError):
     """The output directory holds a finished or unfinished run that we must not silently touch."""
 
@@ -125,9 +129,7 @@ class RunConfig:
             raise ValueError("--shrink removes whole units; element-wise BMR prunes single weights. "
                              "Use --bmr nodewise with --shrink")
         if self.bmr != "none" and self.shrink:
-            gamma_options = [f"--{name.replace('_', '-')}" for name in ("shrink_warmup", "shrink_patience",
-                                                                       "shrink_threshold")
-                             if getattr(self, name) != _FIELD_DEFAULTS[name]]
+            gamma_options = self._options_set(_GAMMA_RULE_FIELDS)
             if gamma_options:
                 raise ValueError(f"{', '.join(gamma_options)} set the spike-and-slab removal rule of "
                                  "--shrink; with --bmr nodewise the reduction decides which units go "
@@ -165,9 +167,7 @@ class RunConfig:
         if self.shrink:
             self.shrink_schedule().validate()
         else:
-            shrink_options = [f"--{name.replace('_', '-')}" for name in ("shrink_warmup", "shrink_patience",
-                                                                        "shrink_threshold", "shrink_factor")
-                              if getattr(self, name) != _FIELD_DEFAULTS[name]]
+            shrink_options = self._options_set((*_GAMMA_RULE_FIELDS, "shrink_factor"))
             if shrink_options:
                 raise ValueError(f"{', '.join(shrink_options)} set how --shrink removes units and rebuilds "
                                  "the network; give --shrink too")
@@ -178,6 +178,10 @@ class RunConfig:
                                     "give the folder that holds the data set's files")
         self.widths = [int(w) for w in self.widths]
         return self
+
+    def _options_set(self, names: tuple[str, ...]) -> list[str]:
+        """The CLI spelling (``--shrink-warmup``) of those fields that differ from their defaults."""
+        return [f"--{name.replace('_', '-')}" for name in names if getattr(self, name) != _FIELD_DEFAULTS[name]]
 
     def shrink_schedule(self):
         """The :class:`~sparse_bnn.shrink.ShrinkSchedule` of ``--shrink``."""

@@ -67,7 +67,7 @@ import optax
 from sparse_bnn.fit import (FitResult, TrainState, epoch_summary, init_state, load_checkpoint, make_epoch,
                             make_step, make_validation, run_epochs, save_checkpoint, validate_data)
 from sparse_bnn.model import Masks, SparseBNN
-from sparse_bnn.nets.base import UnitLayer
+from sparse_bnn.nets.base import UnitLayer, unit_broadcast
 from sparse_bnn.prune import check_keep, compact
 
 SHRINK_FILE = "shrink.json"
@@ -324,7 +324,7 @@ def release_units(bnn: SparseBNN, params: Mapping[str, jax.Array], opt_state: An
                 if ref.path not in bnn.shapes:
                     continue
                 site, shape = bnn.weight_site(ref.path), bnn.shapes[ref.path]
-                hit = _unit_entries(gone, shape, ref.axis, ref.interleave)
+                hit = np.broadcast_to(unit_broadcast(gone, len(shape), ref.axis, ref.interleave), shape)
                 target[site] = target[site] | hit if site in target else hit
     params = dict(params)
     for site, hit in rows.items():
@@ -348,15 +348,6 @@ def release_units(bnn: SparseBNN, params: Mapping[str, jax.Array], opt_state: An
                     else v) for k, v in node.items()}
 
     return params, jax.tree_util.tree_map(stop, opt_state, is_leaf=is_params_like)
-
-
-def _unit_entries(units: np.ndarray, shape: Sequence[int], axis: int, interleave: int = 1) -> np.ndarray:
-    """Bool ``shape``: the entries of a weight array whose index along ``axis`` belongs to one of
-    the ``units`` (bool ``[k]``; ``interleave`` copies, unit index fastest)."""
-    along = np.tile(units, interleave)
-    index = [1] * len(shape)
-    index[axis % len(shape)] = along.shape[0]
-    return np.broadcast_to(along.reshape(index), tuple(shape))
 
 
 def _where(hit: np.ndarray, value: float, array: Any) -> jax.Array:

@@ -27,14 +27,13 @@ from flax import nnx
 from numpyro.primitives import Messenger
 
 from sparse_bnn.elbo import elbo_terms
-from sparse_bnn.fit import svi_optimizer
+from sparse_bnn.fit import init_state, svi_optimizer
 from sparse_bnn.guide import ConcreteBernoulli, softplus
 from sparse_bnn.kl import kl_lognormal_gamma, kl_lognormal_invgamma, kl_normal
 from sparse_bnn.model import Masks, SparseBNN
 from sparse_bnn.nets import MLP, NETS, net_from_config
 from sparse_bnn.nets.base import unit_broadcast
 from sparse_bnn.priors import get_prior
-from sparse_bnn.fit import init_state
 from sparse_bnn.shrink import (ShrinkSchedule, bucketed_width,
                                fit_shrinking, release_units, removal_threshold, shrunk_model, site_unit_axes, slice_masks,
                                slice_opt_state, slice_sites, slice_variational)

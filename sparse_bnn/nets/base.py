@@ -20,6 +20,7 @@ from typing import Any, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 Path = tuple[Any, ...]
@@ -166,13 +167,14 @@ def unit_broadcast(values: jax.Array, ndim: int, axis: int, interleave: int = 1)
     """Reshape per-unit ``values`` ``[k]`` so they broadcast along ``axis`` of an ``ndim`` array.
 
     With ``interleave`` > 1 the values are tiled to ``[interleave * k]`` (unit index fastest).
-    A scalar broadcasts as it is.
+    A scalar broadcasts as it is. NumPy values stay NumPy (host-side bookkeeping compiles nothing).
     """
-    values = jnp.asarray(values)
+    xp = np if isinstance(values, np.ndarray) else jnp
+    values = xp.asarray(values)
     if values.ndim == 0:
         return values
     if interleave > 1:
-        values = jnp.tile(values, interleave)
+        values = xp.tile(values, interleave)
     axis = axis % ndim
     shape = [1] * ndim
     shape[axis] = values.shape[0]

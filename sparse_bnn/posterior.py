@@ -6,6 +6,7 @@ averaging over ``S`` samples.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Mapping
 
 import jax
@@ -91,8 +92,27 @@ def sample_latents(bnn: SparseBNN, params: Mapping[str, jax.Array], key: jax.Arr
 def sample_params(bnn: SparseBNN, params: Mapping[str, jax.Array], key: jax.Array, n_samples: int = 10,
                   masks: Masks | None = None) -> dict[Path, jax.Array]:
     """``{path: [S, ...]}``: ``S`` posterior draws of the network's effective parameters."""
-    draw = lambda k: bnn.effective_params(sample_latents(bnn, params, k), masks)
-    return jax.vmap(draw)(jax.random.split(key, n_samples))
+    return _draw_params(bnn, params, masks or Masks(), jax.random.split(key, n_samples))
+
+
+# Jitted, with the model static (compiled once per model and shapes): run eagerly, the vmapped
+# guide would compile each of its ~100 operations on its own, at every call.
+@partial(jax.jit, static_argnums=0)
+def _draw_params(bnn: SparseBNN, params, masks: Masks, keys: jax.Array) -> dict[Path, jax.Array]:
+    return jax.vmap(lambda key: bnn.effective_params(sample_latents(bnn, params, key), masks))(keys)
+
+
+@partial(jax.jit, static_argnums=0)
+def _sampled_outputs(bnn: SparseBNN, samples: Mapping[Path, jax.Array], x: jax.Array) -> jax.Array:
+    """Network outputs ``[S, B, out]`` of ``S`` parameter samples on a batch ``x [B, ...]``."""
+    outputs = jax.vmap(bnn.functional.apply, in_axes=(0, None))(samples, x)
+    return outputs.reshape(outputs.shape[0], x.shape[0], -1)
+
+
+@partial(jax.jit, static_argnums=0)
+def _averaged_probs(bnn: SparseBNN, samples: Mapping[Path, jax.Array], x: jax.Array) -> jax.Array:
+    """Class probabilities ``[B, C]`` averaged over the samples."""
+    return jnp.mean(jax.nn.softmax(_sampled_outputs(bnn, samples, x), axis=-1), axis=0)
 
 
 def _batched(fn, x: np.ndarray, batch_size: int) -> np.ndarray:
@@ -109,12 +129,8 @@ def predict(bnn: SparseBNN, params: Mapping[str, jax.Array], x, *, n_samples: in
     """
     key = jax.random.PRNGKey(0) if key is None else key
     samples = sample_params(bnn, params, key, n_samples, masks)
-    apply = jax.vmap(bnn.functional.apply, in_axes=(0, None))
-    if bnn.likelihood == "categorical":
-        fn = jax.jit(lambda xb: jnp.mean(jax.nn.softmax(apply(samples, xb), axis=-1), axis=0))
-    else:
-        fn = jax.jit(lambda xb: apply(samples, xb).reshape(n_samples, xb.shape[0], -1))
-    return _batched(fn, np.asarray(x, np.float32), batch_size)
+    outputs = _averaged_probs if bnn.likelihood == "categorical" else _sampled_outputs
+    return _batched(lambda xb: outputs(bnn, samples, xb), np.asarray(x, np.float32), batch_size)
 
 
 def predict_mean(bnn: SparseBNN, params: Mapping[str, jax.Array], x, *, threshold: float = 0.5,

@@ -8,6 +8,7 @@ over posterior samples) and integer labels ``y [N]``.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -95,8 +96,15 @@ def ece(probs: jax.Array, y: jax.Array, n_bins: int = 15) -> jax.Array:
 
 def classification_metrics(probs: jax.Array, y: jax.Array, n_bins: int = 15) -> dict[str, float]:
     """``{"accuracy", "nll", "ece", "brier"}`` as Python floats."""
-    return {"accuracy": float(accuracy(probs, y)), "nll": float(nll(probs, y)),
-            "ece": float(ece(probs, y, n_bins)), "brier": float(brier(probs, y))}
+    probs, y = _check_classification(probs, y)
+    values = _classification_summary(probs, y, _check_bins(n_bins))
+    return {name: float(value) for name, value in values.items()}
+
+
+@partial(jax.jit, static_argnums=2)  # run eagerly, each of its ~40 operations would compile on its own
+def _classification_summary(probs: jax.Array, y: jax.Array, n_bins: int) -> dict[str, jax.Array]:
+    return {"accuracy": accuracy(probs, y), "nll": nll(probs, y), "ece": ece(probs, y, n_bins),
+            "brier": brier(probs, y)}
 
 
 # --- regression -------------------------------------------------------------------------------

@@ -67,3 +67,30 @@ def test_predict_again_compiles_nothing():
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
     assert compiles == []
+
+
+@pytest.mark.parametrize("prior", ["flat", "ss-gl", "ss-ghs", "group-horseshoe", "ss-ig"])
+def test_expected_weight_scales_match_monte_carlo(prior):
+    """``E_q[scale]`` per layer (closed forms for flat and SS-GL, 2048 hash-noise draws for the
+    horseshoes) against 200k NumPy draws of the guide's log-normal factors."""
+    from sparse_bnn.guide import lognormal_factors
+    from sparse_bnn.posterior import expected_weight_scales
+
+    bnn = SparseBNN(MLP(5, (11, 7), 3, rngs=nnx.Rngs(0)), get_prior(prior), n_data=100)
+    rng = np.random.default_rng(1)
+    params = {k: jnp.asarray(np.asarray(v) + rng.normal(0.0, 0.5, np.shape(v)), jnp.float32)
+              for k, v in bnn.init_params().items()}
+    factors = lognormal_factors(bnn, params)
+    n = 200_000
+    draws = {name: np.exp(np.asarray(f.loc) + np.asarray(f.scale) * rng.normal(size=(n, *np.shape(f.loc))))
+             for name, f in factors.items()}
+    sampled = jax.vmap(lambda values: {layer.name: bnn.prior.weight_scale(values, layer) for layer in bnn.layers})(
+        {k: jnp.asarray(v, jnp.float32) for k, v in draws.items()}) if draws else {}
+    expected = expected_weight_scales(bnn, params)
+    assert set(expected) == {layer.name for layer in bnn.layers}
+    for layer in bnn.layers:
+        reference = np.mean(np.asarray(sampled[layer.name]), axis=0) if draws else 1.0
+        # 2048 draws for the horseshoes: a few per cent; the closed forms: the reference's own error
+        rtol = 0.06 if prior in ("ss-ghs", "group-horseshoe") else 0.01
+        np.testing.assert_allclose(np.asarray(expected[layer.name]) * np.ones_like(reference), reference,
+                                   rtol=rtol, err_msg=layer.name)

@@ -10,7 +10,9 @@ indicators ``z``, the slab ``w~ ~ N(0, sigma_0^2)``, the normal guide of ``w~``)
 * ``weight_scale(values, layer)``: the scale that multiplies ``w~`` of a layer's groups, from
   the sites' values (the same function on both sides, so model and guide agree);
 * ``scale_kl(q, layers)``: the closed-form KL of the log-normal factors ``q`` from the prior;
-* ``variance_moments(q, layer)``: ``E[log scale^2]`` and ``E[1/scale^2]`` (centred form).
+* ``variance_moments(q, layer)``: ``E[log scale^2]`` and ``E[1/scale^2]`` (centred form);
+* ``expected_weight_scale(q, layer)``: ``E_q[weight_scale]`` in closed form, or ``None`` where
+  there is none (the posterior-mean weights then average the scale over Monte Carlo draws).
 """
 from __future__ import annotations
 
@@ -66,6 +68,10 @@ class Prior:
     def variance_moments(self, q: dict[str, LogNormalFactor], layer: UnitLayer):
         """``(E[log scale^2], E[1/scale^2])`` under the guide; scalars or ``[units]``."""
         return jnp.zeros(()), jnp.ones(())
+
+    def expected_weight_scale(self, q: dict[str, LogNormalFactor], layer: UnitLayer) -> jax.Array | None:
+        """``E_q[weight_scale]`` (scalar or ``[units]``) in closed form; ``None`` if there is none."""
+        return jnp.ones(())
 
     def is_indicated(self, layer: UnitLayer) -> bool:
         """Whether ``layer`` carries node indicators under this prior."""

@@ -45,6 +45,10 @@ class Flat(Prior):
     def weight_scale(self, values, layer):
         return self.factor(layer) / jnp.sqrt(values[f"{layer.name}.prec"])
 
+    def expected_weight_scale(self, q, layer):
+        f = q[f"{layer.name}.prec"]
+        return self.factor(layer) * lognormal_mean(f.loc, f.scale, -0.5)
+
     def scale_kl(self, q, layers):
         total = jnp.zeros(())
         for l in layers:

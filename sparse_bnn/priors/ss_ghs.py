@@ -77,6 +77,10 @@ class SpikeSlabGroupHorseshoe(Prior):
                 f"{l.name}.s2_b", dist.InverseGamma(half, 1.0).to_event(1))
         return values
 
+    def expected_weight_scale(self, q, layer):
+        # the regularised horseshoe's sqrt(c^2 t^2 s^2 / (c^2 + t^2 s^2)) has no closed-form mean
+        return None if f"{layer.name}.s2_a" in q else jnp.ones(())
+
     def weight_scale(self, values, layer):
         if f"{layer.name}.s2_a" not in values:
             return jnp.ones(())

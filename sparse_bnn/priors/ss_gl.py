@@ -55,6 +55,10 @@ class SpikeSlabGroupLasso(Prior):
         key = f"{layer.name}.tau2"
         return jnp.sqrt(values[key]) if key in values else jnp.ones(())
 
+    def expected_weight_scale(self, q, layer):
+        key = f"{layer.name}.tau2"
+        return lognormal_mean(q[key].loc, q[key].scale, 0.5) if key in q else jnp.ones(())
+
     def scale_kl(self, q: dict[str, LogNormalFactor], layers):
         lam2 = q[LAM2]
         total = kl_lognormal_gamma(lam2.loc, lam2.scale, self.lam2_shape,

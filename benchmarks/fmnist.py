@@ -38,6 +38,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from sparse_bnn.fit import LR_SCHEDULES  # noqa: E402
 from sparse_bnn.run import RunConfig, run_experiment  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -61,7 +62,8 @@ def run_config(net: str, method: str, schedule: dict, args: argparse.Namespace, 
     return RunConfig(out=str(out), data="fashion-mnist", net=net, widths=list(MLP_WIDTHS), prior=prior,
                      bmr=bmr, epochs=schedule["epochs"], batch_size=schedule["batch_size"],
                      lr=schedule["lr"],
-                     **{k: schedule[k] for k in ("indicator_lr", "rho_init", "sigma0") if k in schedule},
+                     **{k: schedule[k] for k in ("indicator_lr", "lr_schedule", "lr_final_fraction", "rho_init",
+                                                 "sigma0") if k in schedule},
                      shrink=bool(schedule.get("shrink")) and method in SHRINKABLE,
                      bmr_warmup=schedule.get("bmr_warmup") if bmr != "none" else None, seed=args.seed,
                      data_dir=args.data_dir, n_train=args.n_train,
@@ -152,6 +154,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, help="override the schedule's batch size")
     parser.add_argument("--lr", type=float, help="override the schedule's Adam learning rate")
     parser.add_argument("--indicator-lr", type=float, help="override the indicators' learning rate")
+    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="decay the learning rates (default: constant)")
+    parser.add_argument("--lr-final-fraction", type=float, help="end of a decaying --lr-schedule (default 0.1)")
     parser.add_argument("--rho-init", type=float, help="override the initial rho of the posterior scales")
     parser.add_argument("--sigma0", type=float, help="slab scale sigma_0 (default: the net's, 1 here)")
     parser.add_argument("--bmr-warmup", type=int,
@@ -183,7 +187,8 @@ def main(argv=None) -> dict:
     schedule = dict(SCHEDULES[args.schedule])
     if args.epochs is not None:
         schedule["epochs"] = args.epochs
-    for name in ("batch_size", "lr", "indicator_lr", "rho_init", "sigma0", "shrink", "bmr_warmup"):
+    for name in ("batch_size", "lr", "indicator_lr", "lr_schedule", "lr_final_fraction", "rho_init", "sigma0",
+                 "shrink", "bmr_warmup"):
         if getattr(args, name) is not None:
             schedule[name] = getattr(args, name)
     name = f"fmnist_{args.schedule}{'_' + args.tag if args.tag else ''}"

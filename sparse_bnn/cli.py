@@ -43,6 +43,7 @@ def _inclusion(text: str) -> str | float:
 
 def build_parser() -> argparse.ArgumentParser:
     from sparse_bnn.data import DATASET_NAMES
+    from sparse_bnn.fit import LR_SCHEDULES
     from sparse_bnn.nets import NETS
     from sparse_bnn.nets.mlp import ACTIVATIONS
     from sparse_bnn.priors import PRIORS
@@ -93,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--indicator-lr", type=float, default=None,
                        help="learning rate of the node indicators' logits (default: --lr); it sets how fast "
                             "units are decided (the main job: 1e-2 with --lr 3e-3 --rho-init -3)")
+    train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
+                       help="decay both learning rates over the run (and again over --fine-tune-epochs) to "
+                            "--lr-final-fraction of their values: along a half cosine or a straight line")
+    train.add_argument("--lr-final-fraction", type=float, default=0.1,
+                       help="learning rate at the end of a decaying --lr-schedule, as a fraction of --lr")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                        help="horizontal flips (default: as the data set says; on for Fashion-MNIST)")

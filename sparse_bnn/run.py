@@ -38,7 +38,7 @@ from flax import serialization
 import sparse_bnn
 from sparse_bnn import compact_io, metrics as metric_fns, posterior, prune, report as report_lib
 from sparse_bnn.data import Dataset, DataNotFoundError, flip_augment, load_dataset
-from sparse_bnn.fit import FitResult, fit, init_state, save_checkpoint, svi_optimizer
+from sparse_bnn.fit import FitResult, fit, init_state, learning_rate_schedule, save_checkpoint, svi_optimizer
 from sparse_bnn.model import Masks, SparseBNN
 from sparse_bnn.nets import NETS, FunctionalNet, net_from_config
 from sparse_bnn.noise import WEIGHT_NOISE
@@ -57,7 +57,8 @@ BMR_MODES = ("none", "elementwise", "nodewise")
 REGRESSION_LIKELIHOOD_NOISE = None  # learned
 
 # Fields that define the experiment: a resumed run must agree on them with the saved config.
-_MODEL_FIELDS = ("data", "net", "widths", "prior", "batch_size", "lr", "indicator_lr", "seed", "validation_fraction",
+_MODEL_FIELDS = ("data", "net", "widths", "prior", "batch_size", "lr", "indicator_lr", "lr_schedule",
+                 "lr_final_fraction", "seed", "validation_fraction",
                  "n_train", "n_test", "sigma0", "inclusion", "temperature", "soft", "centred",
                  "augment", "activation", "bmr", "bmr_warmup", "shrink", "rho_init", "shrink_warmup", "shrink_patience",
                  "shrink_threshold", "shrink_factor", "weight_noise")
@@ -89,6 +90,8 @@ class RunConfig:
     batch_size: int = 1024
     lr: float = 1e-3
     indicator_lr: float | None = None
+    lr_schedule: str = "constant"
+    lr_final_fraction: float = 0.1
     seed: int = 0
     data_dir: str | None = None
     download: bool = True
@@ -149,6 +152,10 @@ class RunConfig:
             raise ValueError(f"the learning rate must be positive, got {self.lr}")
         if self.indicator_lr is not None and not (math.isfinite(self.indicator_lr) and self.indicator_lr > 0):
             raise ValueError(f"the indicator learning rate must be positive, got {self.indicator_lr}")
+        learning_rate_schedule(self.lr, self.lr_schedule, 1, self.lr_final_fraction)
+        if self.lr_schedule == "constant" and self._options_set(("lr_final_fraction",)):
+            raise ValueError("--lr-final-fraction is where a decaying --lr-schedule ends; give --lr-schedule "
+                             "cosine or linear too")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must lie strictly between 0 and 1, got {self.threshold}")
         if self.sigma0 is not None and not (math.isfinite(self.sigma0) and self.sigma0 > 0):
@@ -182,6 +189,12 @@ class RunConfig:
     def _options_set(self, names: tuple[str, ...]) -> list[str]:
         """The CLI spelling (``--shrink-warmup``) of those fields that differ from their defaults."""
         return [f"--{name.replace('_', '-')}" for name in names if getattr(self, name) != _FIELD_DEFAULTS[name]]
+
+    def optimizer(self, epochs: int, n_train: int):
+        """The SVI optimiser of ``epochs`` epochs over ``n_train`` examples (the schedule decays over them)."""
+        steps = epochs * (n_train // min(int(self.batch_size), n_train))
+        return svi_optimizer(self.lr, self.indicator_lr, schedule=self.lr_schedule,
+                             total_steps=max(steps, 1), final_fraction=self.lr_final_fraction)
 
     def shrink_schedule(self):
         """The :class:`~sparse_bnn.shrink.ShrinkSchedule` of ``--shrink``."""
@@ -453,7 +466,7 @@ def run_experiment(config: RunConfig | Mapping[str, Any], *, resume: bool = Fals
         "run": config.to_dict(), "net_config": net_cfg, "sparse_bnn_version": sparse_bnn.__version__,
         "jax_version": jax.__version__, "dataset": dataset.summary(), "augment": bool(augment is not None),
         "sigma_0": float(bnn.prior.sigma_0), "inclusion": {k: float(v) for k, v in bnn.inclusion.items()}})
-    optimizer = svi_optimizer(config.lr, config.indicator_lr)
+    optimizer = config.optimizer(config.epochs, len(dataset.x_train))
     validation = (dataset.x_val, dataset.y_val) if len(dataset.x_val) else None
     checkpoint_dir = out / CHECKPOINT_DIR
     if fit_function is fit and not (checkpoint_dir / "checkpoint.msgpack").exists():
@@ -488,6 +501,7 @@ def run_experiment(config: RunConfig | Mapping[str, Any], *, resume: bool = Fals
         tuned = fit(tuned_bnn, dataset.x_train, dataset.y_train, init_params=init, masks=unit_masks,
                     checkpoint_dir=out / FINETUNE_CHECKPOINT_DIR, resume=True,
                     **{**fit_kwargs, "epochs": config.fine_tune_epochs,
+                       "optimizer": config.optimizer(config.fine_tune_epochs, len(dataset.x_train)),
                        "callbacks": () if progress else (_log_epoch(quiet_log, config.epochs, "fine-tune epoch"),)})
         history += [dict(r, epoch=r["epoch"] + config.epochs, phase="fine-tune") for r in tuned.history]
         compile_seconds += tuned.compile_seconds

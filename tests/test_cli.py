@@ -18,8 +18,10 @@ import pytest
 from flax import serialization
 
 EPOCHS = 200  # long enough (a few seconds) that a SIGKILL lands mid-run
+# a decaying learning rate: the resumed run must continue the schedule where it stopped
 TINY = ["--data", "digits", "--n-train", "320", "--n-test", "200", "--widths", "12,8",
-        "--batch-size", "32", "--lr", "3e-3", "--samples", "4", "--no-latency", "--quiet"]
+        "--batch-size", "32", "--lr", "3e-3", "--lr-schedule", "cosine", "--lr-final-fraction", "0.2",
+        "--samples", "4", "--no-latency", "--quiet"]
 
 
 def cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -254,7 +256,7 @@ def test_help_lists_the_choices():
     assert result.returncode == 0
     text = " ".join(result.stdout.split())
     for name in ("ss-ghs", "ss-gl", "ss-ig", "group-horseshoe", "mlp", "lenet5-caffe", "resnet32",
-                 "fashion-mnist", "digits", "elementwise", "nodewise"):
+                 "fashion-mnist", "digits", "elementwise", "nodewise", "cosine"):
         assert name in text, name
 
 

@@ -1,12 +1,13 @@
 """The training loop: determinism, checkpoints and resume, divergence, selection on a teacher."""
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 from flax import nnx
 
 from sparse_bnn.data import make_teacher_regression
-from sparse_bnn.fit import DivergenceError, fit, load_checkpoint, init_state
+from sparse_bnn.fit import DivergenceError, fit, init_state, learning_rate_schedule, load_checkpoint, svi_optimizer
 from sparse_bnn.model import SparseBNN
 from sparse_bnn.nets import MLP
 from sparse_bnn.posterior import predict, predict_mean
@@ -47,6 +48,46 @@ def test_resume_from_checkpoint_equals_uninterrupted(tmp_path):
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
     for name in full.params:
         np.testing.assert_array_equal(resumed.params[name], full.params[name])
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "linear"])
+def test_learning_rate_schedules_decay_both_rates(schedule):
+    """For a constant gradient Adam's step is the learning rate (``m_hat / sqrt(v_hat) = 1``), so
+    the updates trace the schedule: ``lr`` at the first step, ``final_fraction * lr`` from
+    ``total_steps`` on; the indicator logits' steps stay ``indicator_lr / lr`` times the weights'."""
+    lr, indicator_lr, total, final = 3e-3, 1e-2, 20, 0.1
+    optimizer = svi_optimizer(lr, indicator_lr, schedule=schedule, total_steps=total, final_fraction=final)
+    params = {"layers.0.kernel.loc": jnp.zeros(3), "dense0.z.logit": jnp.zeros(2)}
+    grads = {"layers.0.kernel.loc": jnp.full(3, 0.7), "dense0.z.logit": jnp.full(2, -2.0)}
+    state = optimizer.init(params)
+    for step in range(total + 3):
+        updates, state = optimizer.update(grads, state, params)
+        progress = min(step, total) / total
+        decay = {"constant": 1.0, "cosine": 0.5 * (1.0 + np.cos(np.pi * progress)), "linear": 1.0 - progress}
+        rate = lr if schedule == "constant" else lr * (final + (1.0 - final) * decay[schedule])
+        np.testing.assert_allclose(updates["layers.0.kernel.loc"], -rate, rtol=1e-4)
+        np.testing.assert_allclose(updates["dense0.z.logit"], rate * indicator_lr / lr, rtol=1e-4)
+
+
+def test_learning_rate_schedule_checks():
+    from sparse_bnn.run import RunConfig
+    with pytest.raises(ValueError, match="cosine, linear"):
+        learning_rate_schedule(1e-3, "exponential", 10)
+    with pytest.raises(ValueError, match="total_steps"):
+        svi_optimizer(1e-3, schedule="cosine")
+    with pytest.raises(ValueError, match="final_fraction"):
+        svi_optimizer(1e-3, schedule="linear", total_steps=10, final_fraction=0.0)
+    with pytest.raises(ValueError, match="--lr-schedule"):
+        RunConfig(out="unused", lr_final_fraction=0.2).check()
+    with pytest.raises(ValueError, match="final_fraction"):
+        RunConfig(out="unused", lr_schedule="cosine", lr_final_fraction=1.5).check()
+    config = RunConfig(out="unused", lr=1e-2, batch_size=100, lr_schedule="linear", lr_final_fraction=0.5).check()
+    optimizer = config.optimizer(epochs=4, n_train=250)  # 2 steps per epoch: the last batch is dropped
+    params, grads = {"w.loc": jnp.zeros(1)}, {"w.loc": jnp.ones(1)}
+    state = optimizer.init(params)
+    for step in range(9):
+        updates, state = optimizer.update(grads, state, params)
+    np.testing.assert_allclose(updates["w.loc"], -0.5e-2, rtol=1e-4)  # at the end of 8 steps
 
 
 def test_a_crash_between_the_two_checkpoint_writes_leaves_a_consistent_pair(tmp_path):

@@ -535,8 +535,7 @@ def evaluate_fitted(bnn: SparseBNN, params: Mapping[str, jax.Array], masks: Mask
     key = jax.random.PRNGKey(config.seed)
     task = dataset.task
     noise = posterior.noise_scale(bnn, params) if task == "regression" else None
-    # posterior.predict would draw the same samples (same key), but eagerly; jitted it is far faster
-    samples = jax.jit(lambda p, k: posterior.sample_params(bnn, p, k, config.samples, masks))(params, key)
+    samples = posterior.sample_params(bnn, params, key, config.samples, masks)  # the draws of posterior.predict
     bma = bma_predictions(bnn.functional.apply, samples, dataset.x_test, task)
     weights, keep = jax.jit(lambda p: posterior.posterior_mean_params(bnn, p, config.threshold, masks))(params)
     keep = {name: np.asarray(k, bool) for name, k in keep.items()}

@@ -49,24 +49,15 @@ def test_predict_averages_the_sampled_networks(likelihood, out):
     np.testing.assert_allclose(predicted, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_predict_again_compiles_nothing():
+def test_predict_again_compiles_nothing(compilations):
     """``predict`` is jitted with the model static: a second call (new inputs, same batch size)
     reuses its programs. Run eagerly, the vmapped guide compiled each of its operations anew at
     every call (5.6 s for the first BMA of the Fashion-MNIST MLP, 0.9 s for each later one)."""
     bnn, params, masks, x = fitted_looking("categorical", 4)
     predict(bnn, params, x, n_samples=3, batch_size=16, masks=masks)
-    compiles = []
-
-    def listener(event, seconds, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiles.append(seconds)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
+    with compilations() as compiled:
         predict(bnn, params, x + 1.0, n_samples=3, key=jax.random.PRNGKey(1), batch_size=16, masks=masks)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-    assert compiles == []
+    assert compiled == []
 
 
 @pytest.mark.parametrize("prior", ["flat", "ss-gl", "ss-ghs", "group-horseshoe", "ss-ig"])

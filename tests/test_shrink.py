@@ -251,7 +251,7 @@ def test_one_adam_step_after_shrinking_equals_the_masked_step(optimizer):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
 
 
-def test_removing_and_slicing_compile_nothing():
+def test_removing_and_slicing_compile_nothing(compilations):
     """The host-side bookkeeping of a shrink (release, slicing) runs in NumPy: eager device ops
     would compile once per new shape, at every removal and every rebuild (~1 s per rebuild of the
     Fashion-MNIST MLP). Widths no other test uses, so a compile could not hide in JAX's cache."""
@@ -261,21 +261,12 @@ def test_removing_and_slicing_compile_nothing():
     state = init_state(bnn, svi_optimizer(1e-2, 5e-2), masks=masks)
     removed = {"dense0": np.isin(np.arange(29), [1, 4, 20]), "dense1": np.isin(np.arange(23), [0, 5])}
     keep = {"dense0": ~removed["dense0"], "dense1": ~removed["dense1"]}
-    compiles = []
-
-    def listener(event, seconds, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiles.append(seconds)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
+    with compilations() as compiled:
         params, opt_state = release_units(bnn, state.params, state.opt_state, removed)
         small_params = slice_variational(bnn, params, keep)
         small_opt_state = slice_opt_state(bnn, opt_state, params, keep)
         small_masks = slice_masks(bnn, masks, keep)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-    assert compiles == []
+    assert compiled == []
     assert small_params["layers.0.kernel.loc"].shape == (7, 26)
     assert small_params["layers.1.kernel.loc"].shape == (26, 21)
     assert small_masks.units["dense0"].shape == (26,)

@@ -10,7 +10,7 @@ learned Gaussian noise scale, and ``y`` for the observations.
 """
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple
+from typing import Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -99,6 +99,7 @@ class SparseBNN:
         self.weight_noise = weight_noise
         self.partitionable_noise = None if partitionable_noise is None else bool(partitionable_noise)
         self.functional = FunctionalNet(net)
+        self._programs: dict[str, Callable] = {}
         self.layers: tuple[UnitLayer, ...] = tuple(net.unit_layers())
         self.shapes: dict[Path, tuple[int, ...]] = {p: tuple(v.shape) for p, v in self.functional.initial.items()}
         self.owner: dict[Path, tuple[UnitLayer, int]] = {}
@@ -115,6 +116,14 @@ class SparseBNN:
         self.inclusion = layer_inclusion_probs(
             [l for l in self.layers if prior.is_indicated(l)] + [self.layers[-1]], self.n_data, inclusion) \
             if any(prior.is_indicated(l) for l in self.layers) else {}
+
+    def program(self, name: str, fn: Callable) -> Callable:
+        """``jax.jit(fn)``, made on the first call with ``name`` and kept on this model: it
+        compiles once per input shapes and goes when the model goes (a jit taking the model as
+        a static argument would keep every model alive in JAX's cache)."""
+        if name not in self._programs:
+            self._programs[name] = jax.jit(fn)
+        return self._programs[name]
 
     # -- what the model and the guide share ---------------------------------------------------
 

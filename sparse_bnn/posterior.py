@@ -6,7 +6,6 @@ averaging over ``S`` samples.
 """
 from __future__ import annotations
 
-from functools import partial
 from typing import Mapping
 
 import jax
@@ -100,27 +99,16 @@ def sample_latents(bnn: SparseBNN, params: Mapping[str, jax.Array], key: jax.Arr
 def sample_params(bnn: SparseBNN, params: Mapping[str, jax.Array], key: jax.Array, n_samples: int = 10,
                   masks: Masks | None = None) -> dict[Path, jax.Array]:
     """``{path: [S, ...]}``: ``S`` posterior draws of the network's effective parameters."""
-    return _draw_params(bnn, params, masks or Masks(), jax.random.split(key, n_samples))
+    # jitted: run eagerly, the vmapped guide compiled each of its ~100 operations at every call
+    draw = bnn.program("sample_params", lambda params, masks, keys: jax.vmap(
+        lambda key: bnn.effective_params(sample_latents(bnn, params, key), masks))(keys))
+    return draw(params, masks or Masks(), jax.random.split(key, n_samples))
 
 
-# Jitted, with the model static (compiled once per model and shapes): run eagerly, the vmapped
-# guide would compile each of its ~100 operations on its own, at every call.
-@partial(jax.jit, static_argnums=0)
-def _draw_params(bnn: SparseBNN, params, masks: Masks, keys: jax.Array) -> dict[Path, jax.Array]:
-    return jax.vmap(lambda key: bnn.effective_params(sample_latents(bnn, params, key), masks))(keys)
-
-
-@partial(jax.jit, static_argnums=0)
 def _sampled_outputs(bnn: SparseBNN, samples: Mapping[Path, jax.Array], x: jax.Array) -> jax.Array:
-    """Network outputs ``[S, B, out]`` of ``S`` parameter samples on a batch ``x [B, ...]``."""
+    """Network outputs ``[S, B, out]`` of ``S`` parameter samples ``{path: [S, ...]}`` on ``x [B, ...]``."""
     outputs = jax.vmap(bnn.functional.apply, in_axes=(0, None))(samples, x)
     return outputs.reshape(outputs.shape[0], x.shape[0], -1)
-
-
-@partial(jax.jit, static_argnums=0)
-def _averaged_probs(bnn: SparseBNN, samples: Mapping[Path, jax.Array], x: jax.Array) -> jax.Array:
-    """Class probabilities ``[B, C]`` averaged over the samples."""
-    return jnp.mean(jax.nn.softmax(_sampled_outputs(bnn, samples, x), axis=-1), axis=0)
 
 
 def _batched(fn, x: np.ndarray, batch_size: int) -> np.ndarray:
@@ -137,8 +125,13 @@ def predict(bnn: SparseBNN, params: Mapping[str, jax.Array], x, *, n_samples: in
     """
     key = jax.random.PRNGKey(0) if key is None else key
     samples = sample_params(bnn, params, key, n_samples, masks)
-    outputs = _averaged_probs if bnn.likelihood == "categorical" else _sampled_outputs
-    return _batched(lambda xb: outputs(bnn, samples, xb), np.asarray(x, np.float32), batch_size)
+    if bnn.likelihood == "categorical":
+        outputs = bnn.program("averaged_probs", lambda s, xb: jnp.mean(
+            jax.nn.softmax(_sampled_outputs(bnn, s, xb), axis=-1), axis=0))
+    else:
+        outputs = bnn.program("sampled_outputs", lambda s, xb: _sampled_outputs(bnn, s, xb))
+    # the samples are an argument: closed over, they would be constants folded into the program
+    return _batched(lambda xb: outputs(samples, xb), np.asarray(x, np.float32), batch_size)
 
 
 def predict_mean(bnn: SparseBNN, params: Mapping[str, jax.Array], x, *, threshold: float = 0.5,
@@ -146,18 +139,10 @@ def predict_mean(bnn: SparseBNN, params: Mapping[str, jax.Array], x, *, threshol
     """Outputs of the median-probability network with posterior-mean weights: logits or means."""
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be in (0, 1), got {threshold}")
-    weights = _posterior_mean_weights(bnn, params, threshold, masks or Masks())
-    return _batched(lambda xb: _outputs(bnn, weights, xb), np.asarray(x, np.float32), batch_size)
-
-
-@partial(jax.jit, static_argnums=(0, 2))
-def _posterior_mean_weights(bnn: SparseBNN, params, threshold: float, masks: Masks) -> dict[Path, jax.Array]:
-    return posterior_mean_params(bnn, params, threshold, masks)[0]
-
-
-@partial(jax.jit, static_argnums=0)
-def _outputs(bnn: SparseBNN, weights: Mapping[Path, jax.Array], x: jax.Array) -> jax.Array:
-    return bnn.functional.apply(weights, x)
+    weights = bnn.program(f"posterior_mean_weights_{threshold!r}", lambda params, masks: posterior_mean_params(
+        bnn, params, threshold, masks)[0])(params, masks or Masks())
+    outputs = bnn.program("outputs", bnn.functional.apply)
+    return _batched(lambda xb: outputs(weights, xb), np.asarray(x, np.float32), batch_size)
 
 
 def noise_scale(bnn: SparseBNN, params: Mapping[str, jax.Array]) -> float:

@@ -85,3 +85,13 @@ def test_expected_weight_scales_match_monte_carlo(prior):
         rtol = 0.06 if prior in ("ss-ghs", "group-horseshoe") else 0.01
         np.testing.assert_allclose(np.asarray(expected[layer.name]) * np.ones_like(reference), reference,
                                    rtol=rtol, err_msg=layer.name)
+
+
+def test_predict_with_another_number_of_samples():
+    """The model keeps its jitted prediction programs; a later call with other settings (here
+    ``n_samples``, gaussian outputs ``[S, N, out]``) must not reuse what the first call fixed."""
+    bnn, params, masks, x = fitted_looking("gaussian", 2)
+    assert predict(bnn, params, x, n_samples=3, masks=masks).shape == (3, 37, 2)
+    key = jax.random.PRNGKey(5)
+    np.testing.assert_allclose(predict(bnn, params, x, n_samples=5, key=key, masks=masks),
+                               sampled_outputs(bnn, params, masks, x, key, 5), rtol=1e-5, atol=1e-6)

@@ -102,8 +102,9 @@ class ShrinkSchedule(NamedTuple):
         fraction of its physical width (all layers shrink then). ``1.0`` shrinks at every bucket
         drop; the default 0.5 bounds recompilations by ``~log2(k / bucket)`` per layer however
         gradually units go, at the price of some padding. A rebuild of the MLP 784-400-400-10
-        costs 3-4 s on 2 CPU cores (compiling the epoch, the evaluation and a BMR rule's
-        reduction; about five full epochs): on Fashion-MNIST 0.5 needs 6 compilations in 150
+        costs ~3 s (flat prior) to ~5 s (SS-GHS) on 2 CPU cores, nearly all of it the epoch's
+        XLA compile (the evaluation and a BMR rule's reduction add 0.1-0.5 s each; about five
+        full epochs in all): on Fashion-MNIST 0.5 needs 6 compilations in 150
         epochs where 0.75 needs 12; 0.25 made node-wise BMR and SS-GHS (100 epochs) 17-25%
         quicker than 0.5 (``benchmarks/bmr_vs_svi.py --shrink-factor``).
     """

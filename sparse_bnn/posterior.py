@@ -6,7 +6,7 @@ averaging over ``S`` samples.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -105,13 +105,21 @@ def sample_params(bnn: SparseBNN, params: Mapping[str, jax.Array], key: jax.Arra
     return draw(params, masks or Masks(), jax.random.split(key, n_samples))
 
 
-def _sampled_outputs(bnn: SparseBNN, samples: Mapping[Path, jax.Array], x: jax.Array) -> jax.Array:
-    """Network outputs ``[S, B, out]`` of ``S`` parameter samples ``{path: [S, ...]}`` on ``x [B, ...]``."""
-    outputs = jax.vmap(bnn.functional.apply, in_axes=(0, None))(samples, x)
+def sampled_outputs(apply: Callable, samples: Mapping[Path, jax.Array], x: jax.Array) -> jax.Array:
+    """Outputs ``[S, B, out]`` of ``apply(params, x)`` for ``S`` parameter samples
+    ``{path: [S, ...]}`` on a batch ``x [B, ...]``."""
+    outputs = jax.vmap(apply, in_axes=(0, None))(samples, x)
     return outputs.reshape(outputs.shape[0], x.shape[0], -1)
 
 
-def _batched(fn, x: np.ndarray, batch_size: int) -> np.ndarray:
+def averaged_probs(apply: Callable, samples: Mapping[Path, jax.Array], x: jax.Array) -> jax.Array:
+    """Class probabilities ``[B, C]``: each sample's softmax, averaged (Bayesian model averaging)."""
+    return jnp.mean(jax.nn.softmax(sampled_outputs(apply, samples, x), axis=-1), axis=0)
+
+
+def batched(fn: Callable, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """``fn`` over ``x`` in batches of ``batch_size``, joined along the examples' axis (the
+    second of ``[S, B, out]`` outputs, else the first)."""
     outs = [np.asarray(fn(jnp.asarray(x[i:i + batch_size]))) for i in range(0, x.shape[0], batch_size)]
     return np.concatenate(outs, axis=-2 if outs[0].ndim == 3 else 0)
 
@@ -125,24 +133,19 @@ def predict(bnn: SparseBNN, params: Mapping[str, jax.Array], x, *, n_samples: in
     """
     key = jax.random.PRNGKey(0) if key is None else key
     samples = sample_params(bnn, params, key, n_samples, masks)
-    if bnn.likelihood == "categorical":
-        outputs = bnn.program("averaged_probs", lambda s, xb: jnp.mean(
-            jax.nn.softmax(_sampled_outputs(bnn, s, xb), axis=-1), axis=0))
-    else:
-        outputs = bnn.program("sampled_outputs", lambda s, xb: _sampled_outputs(bnn, s, xb))
+    average = averaged_probs if bnn.likelihood == "categorical" else sampled_outputs
+    outputs = bnn.program(average.__name__, lambda s, xb: average(bnn.functional.apply, s, xb))
     # the samples are an argument: closed over, they would be constants folded into the program
-    return _batched(lambda xb: outputs(samples, xb), np.asarray(x, np.float32), batch_size)
+    return batched(lambda xb: outputs(samples, xb), np.asarray(x, np.float32), batch_size)
 
 
 def predict_mean(bnn: SparseBNN, params: Mapping[str, jax.Array], x, *, threshold: float = 0.5,
                  batch_size: int = 4096, masks: Masks | None = None) -> np.ndarray:
     """Outputs of the median-probability network with posterior-mean weights: logits or means."""
-    if not 0.0 < threshold < 1.0:
-        raise ValueError(f"threshold must be in (0, 1), got {threshold}")
     weights = bnn.program(f"posterior_mean_weights_{threshold!r}", lambda params, masks: posterior_mean_params(
         bnn, params, threshold, masks)[0])(params, masks or Masks())
     outputs = bnn.program("outputs", bnn.functional.apply)
-    return _batched(lambda xb: outputs(weights, xb), np.asarray(x, np.float32), batch_size)
+    return batched(lambda xb: outputs(weights, xb), np.asarray(x, np.float32), batch_size)
 
 
 def noise_scale(bnn: SparseBNN, params: Mapping[str, jax.Array]) -> float:

@@ -372,17 +372,12 @@ def _check_devices(config: RunConfig) -> None:
 
 # ----------------------------------------------------------------------------- evaluation
 
-def _batched_outputs(fn: Callable, x: np.ndarray, batch_size: int = 2048) -> np.ndarray:
-    return np.concatenate([np.asarray(fn(jnp.asarray(x[i:i + batch_size])))
-                           for i in range(0, len(x), batch_size)], axis=0)
-
-
 def compact_predictions(net, x: np.ndarray, task: str) -> np.ndarray:
     """Class probabilities ``[N, C]`` or means ``[N, out]`` of a (compact) network."""
     from flax import nnx
     graphdef, state = nnx.split(net)
     forward = jax.jit(lambda s, xb: nnx.merge(graphdef, s)(xb))  # weights as arguments, not constants
-    outputs = _batched_outputs(lambda xb: forward(state, xb), np.asarray(x, np.float32))
+    outputs = posterior.batched(lambda xb: forward(state, xb), np.asarray(x, np.float32), 2048)
     return np.asarray(jax.nn.softmax(outputs, -1)) if task == "classification" else outputs
 
 
@@ -391,16 +386,10 @@ def bma_predictions(apply: Callable, samples: Mapping, x: np.ndarray, task: str)
 
     Returns class probabilities ``[N, C]`` (mean over samples) or sample means ``[S, N, out]``.
     """
-    batched_apply = jax.vmap(apply, in_axes=(0, None))
+    average = posterior.averaged_probs if task == "classification" else posterior.sampled_outputs
+    fn = jax.jit(lambda s, xb: average(apply, s, xb))
     samples = dict(samples)
-    x = np.asarray(x, np.float32)
-    if task == "classification":
-        fn = jax.jit(lambda s, xb: jnp.mean(jax.nn.softmax(batched_apply(s, xb), -1), 0))
-        return np.concatenate([np.asarray(fn(samples, jnp.asarray(x[i:i + 2048])))
-                               for i in range(0, len(x), 2048)], axis=0)
-    fn = jax.jit(lambda s, xb: batched_apply(s, xb))  # [S, B, out]
-    return np.concatenate([np.asarray(fn(samples, jnp.asarray(x[i:i + 2048])))
-                           for i in range(0, len(x), 2048)], axis=1)
+    return posterior.batched(lambda xb: fn(samples, xb), np.asarray(x, np.float32), 2048)
 
 
 def score(predictions: np.ndarray, dataset: Dataset, *, noise: float | None = None,

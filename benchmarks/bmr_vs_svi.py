@@ -338,8 +338,9 @@ def main(argv=None):
                       f"{row['pruned_units']:.3f} wall {row['wall_seconds']:.1f}s "
                       f"settled {row['seconds_to_final_accuracy']:.1f}s", flush=True)
         rows += [median_of_repeats(runs[method]) for method in args.methods]
-        if settled_ratios(runs) is not None:
-            ratios[net_name] = settled_ratios(runs)
+        net_ratios = settled_ratios(runs)
+        if net_ratios is not None:
+            ratios[net_name] = net_ratios
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"bmr_vs_svi_{name}{'_' + args.tag if args.tag else ''}"
     setting_record = {**{k: list(v) if isinstance(v, tuple) else v for k, v in setting.items()},

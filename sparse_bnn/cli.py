@@ -43,7 +43,7 @@ def _inclusion(text: str) -> str | float:
 
 def build_parser() -> argparse.ArgumentParser:
     from sparse_bnn.data import DATASET_NAMES
-    from sparse_bnn.fit import LR_SCHEDULES
+    from sparse_bnn.fit import CHECKPOINT_INTERVAL, LR_SCHEDULES
     from sparse_bnn.nets import NETS
     from sparse_bnn.nets.mlp import ACTIVATIONS
     from sparse_bnn.priors import PRIORS
@@ -133,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = fit.add_argument_group("run directory and output")
     run.add_argument("--out", required=True, help="run directory")
     run.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
+    run.add_argument("--checkpoint-interval", type=float, default=CHECKPOINT_INTERVAL, metavar="SECONDS",
+                     help="seconds of training between checkpoints in --out/checkpoint (0: after every "
+                          "epoch); the last epoch is always written, and a diverging run writes its "
+                          "last good state")
     run.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     run.add_argument("--quiet", action="store_true", help="one log line per epoch instead of a progress bar")
 

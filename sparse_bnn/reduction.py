@@ -33,8 +33,9 @@ import numpy as np
 import optax
 
 from sparse_bnn import bmr
-from sparse_bnn.fit import (FitResult, TrainState, epoch_summary, init_state, load_checkpoint, make_epoch,
-                            make_step, make_validation, run_epochs, validate_data)
+from sparse_bnn.fit import (CHECKPOINT_INTERVAL, FitResult, TrainState, check_checkpoint_interval, epoch_summary,
+                            init_state, load_checkpoint, make_epoch, make_step, make_validation, run_epochs,
+                            validate_data)
 from sparse_bnn.guide import softplus
 from sparse_bnn.model import Masks, SparseBNN
 from sparse_bnn.nets.base import UnitLayer, unit_broadcast
@@ -498,7 +499,8 @@ def fit_with_bmr(bnn: SparseBNN, x, y, *, mode: str = "elementwise", warmup_epoc
                  masks: Masks | None = None, init_params: Mapping[str, jax.Array] | None = None,
                  reduced_var_ratio: float = DEFAULT_REDUCED_VAR_RATIO, node_threshold: str = "zero",
                  n_iter: int = 10, max_prune_fraction: float = DEFAULT_MAX_PRUNE_FRACTION,
-                 shrink: ShrinkSchedule | None = None) -> FitResult:
+                 shrink: ShrinkSchedule | None = None, checkpoint_interval: float = CHECKPOINT_INTERVAL
+                 ) -> FitResult:
     """SVI with iterative Bayesian model reduction (issue 6, ``math.md`` §6).
 
     ``warmup_epochs`` plain SVI epochs, then after every epoch ``e >= warmup_epochs`` a jitted
@@ -520,7 +522,7 @@ def fit_with_bmr(bnn: SparseBNN, x, y, *, mode: str = "elementwise", warmup_epoc
       warmup_epochs: SVI epochs before the first reduction (default: :func:`default_warmup_epochs`,
         5 epochs, or half of a run shorter than 10).
       epochs, batch_size, optimizer, seed, augment, progress, validation, checkpoint_dir, resume,
-        callbacks, masks, init_params: as in :func:`sparse_bnn.fit.fit`.
+        callbacks, masks, init_params, checkpoint_interval: as in :func:`sparse_bnn.fit.fit`.
       reduced_var_ratio: ``g^2 / sigma_0^2`` of a pruned entry's reduced prior.
       node_threshold: ``"zero"`` or ``"learned"`` (node-wise mode).
       n_iter: fixed-point iterations of the learned inclusion rate.
@@ -553,6 +555,7 @@ def fit_with_bmr(bnn: SparseBNN, x, y, *, mode: str = "elementwise", warmup_epoc
         raise ValueError(f"unknown node threshold {node_threshold!r}; choose one of {NODE_THRESHOLDS}")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir")
+    checkpoint_interval = check_checkpoint_interval(checkpoint_interval)
     if shrink is not None:
         if mode != "nodewise":
             raise ValueError("shrinking removes whole units; element-wise BMR prunes single weights. "
@@ -561,7 +564,8 @@ def fit_with_bmr(bnn: SparseBNN, x, y, *, mode: str = "elementwise", warmup_epoc
         return fit_shrinking(bnn, x, y, epochs=epochs, shrink=shrink, batch_size=batch_size,
                              optimizer=optimizer, seed=seed, augment=augment, progress=progress,
                              validation=validation, checkpoint_dir=checkpoint_dir, resume=resume,
-                             callbacks=callbacks, masks=masks, init_params=init_params, rule=rule)
+                             callbacks=callbacks, masks=masks, init_params=init_params, rule=rule,
+                             checkpoint_interval=checkpoint_interval)
     x, y = validate_data(bnn, x, y)
     n_data = x.shape[0]
     if n_data != bnn.n_data:
@@ -605,8 +609,8 @@ def fit_with_bmr(bnn: SparseBNN, x, y, *, mode: str = "elementwise", warmup_epoc
         state, history, epochs=epochs, run_epoch=lambda state: compiled(state, x_device, y_device),
         finish_epoch=finish_epoch,
         result=lambda state: FitResult(bnn, state.params, history, state, compile_seconds),
-        checkpoint_dir=checkpoint_dir, callbacks=callbacks, progress=progress,
-        description=f"epochs (BMR {mode})",
+        checkpoint_dir=checkpoint_dir, checkpoint_interval=checkpoint_interval, callbacks=callbacks,
+        progress=progress, description=f"epochs (BMR {mode})",
         postfix=lambda record: {"pruned": f"{record['pruned_fraction']:.3f}"})
     return FitResult(bnn, state.params, history, state, compile_seconds)
 

@@ -7,8 +7,9 @@
 The run directory ``RUN`` ends up holding
 
 * ``config.json``: the :class:`RunConfig`, the network's config and the library version;
-* ``checkpoint/`` (and ``checkpoint_finetune/``): a checkpoint after every epoch, written
-  atomically by :func:`sparse_bnn.fit.fit`;
+* ``checkpoint/`` (and ``checkpoint_finetune/``): the latest checkpoint, written atomically
+  every ``checkpoint_interval`` seconds of training and after the last epoch
+  (:func:`sparse_bnn.fit.run_epochs`);
 * ``history.json``: one record per epoch (loss, nll, kl, kept units, seconds, validation);
 * ``variational_params.msgpack``: the fitted variational parameters and fixed masks;
 * ``compact/``: the compact median-probability network with posterior samples
@@ -38,7 +39,8 @@ from flax import serialization
 import sparse_bnn
 from sparse_bnn import compact_io, metrics as metric_fns, posterior, prune, report as report_lib
 from sparse_bnn.data import Dataset, DataNotFoundError, flip_augment, load_dataset
-from sparse_bnn.fit import FitResult, fit, init_state, learning_rate_schedule, save_checkpoint, svi_optimizer
+from sparse_bnn.fit import (CHECKPOINT_INTERVAL, FitResult, check_checkpoint_interval, fit, learning_rate_schedule,
+                            svi_optimizer)
 from sparse_bnn.model import Masks, SparseBNN
 from sparse_bnn.nets import NETS, FunctionalNet, net_from_config
 from sparse_bnn.noise import WEIGHT_NOISE
@@ -119,9 +121,11 @@ class RunConfig:
     shrink_threshold: float | None = None
     shrink_factor: float = 0.5
     devices: int | None = None
+    checkpoint_interval: float = CHECKPOINT_INTERVAL
 
     def check(self) -> "RunConfig":
         """Raise ``ValueError`` naming the bad field and the valid choices."""
+        check_checkpoint_interval(self.checkpoint_interval)
         if self.net not in NETS:
             raise ValueError(f"unknown net {self.net!r}; choose one of {', '.join(sorted(NETS))}")
         if self.prior not in PRIORS:
@@ -458,14 +462,11 @@ def run_experiment(config: RunConfig | Mapping[str, Any], *, resume: bool = Fals
     optimizer = config.optimizer(config.epochs, len(dataset.x_train))
     validation = (dataset.x_val, dataset.y_val) if len(dataset.x_val) else None
     checkpoint_dir = out / CHECKPOINT_DIR
-    if fit_function is fit and not (checkpoint_dir / "checkpoint.msgpack").exists():
-        # an epoch-0 checkpoint, so that even a first-epoch divergence leaves a good checkpoint
-        save_checkpoint(checkpoint_dir, init_state(bnn, optimizer, config.seed), [])
     quiet_log = (lambda message: None) if log is None else log
     callbacks = () if progress else (_log_epoch(quiet_log),)
     fit_kwargs = dict(epochs=config.epochs, batch_size=config.batch_size, optimizer=optimizer,
                       seed=config.seed, augment=augment, progress=progress, validation=validation,
-                      callbacks=callbacks)
+                      callbacks=callbacks, checkpoint_interval=config.checkpoint_interval)
     if config.devices is not None:
         if "devices" not in inspect.signature(fit_function).parameters:
             raise ValueError("--devices: this training scheme (--bmr/--shrink) runs on one device; "

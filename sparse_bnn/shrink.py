@@ -64,8 +64,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sparse_bnn.fit import (FitResult, TrainState, epoch_summary, init_state, load_checkpoint, make_epoch,
-                            make_step, make_validation, run_epochs, save_checkpoint, validate_data)
+from sparse_bnn.fit import (CHECKPOINT_INTERVAL, FitResult, TrainState, check_checkpoint_interval, epoch_summary,
+                            init_state, load_checkpoint, make_epoch, make_step, make_validation, run_epochs,
+                            save_checkpoint, validate_data)
 from sparse_bnn.model import Masks, SparseBNN
 from sparse_bnn.nets.base import UnitLayer, unit_broadcast
 from sparse_bnn.prune import check_keep, compact
@@ -488,7 +489,8 @@ def fit_shrinking(bnn: SparseBNN, x, y, *, epochs: int, shrink: ShrinkSchedule =
                   resume: bool = False,
                   callbacks: Sequence[Callable[[int, dict, TrainState], None]] = (),
                   masks: Masks | None = None, init_params: Mapping[str, jax.Array] | None = None,
-                  rule: RemovalRule | None = None) -> ShrinkResult:
+                  rule: RemovalRule | None = None, checkpoint_interval: float = CHECKPOINT_INTERVAL
+                  ) -> ShrinkResult:
     """:func:`sparse_bnn.fit.fit` that removes switched-off units and shrinks the network.
 
     Arguments as :func:`~sparse_bnn.fit.fit`, plus ``shrink`` (a :class:`ShrinkSchedule`) and
@@ -516,6 +518,7 @@ def fit_shrinking(bnn: SparseBNN, x, y, *, epochs: int, shrink: ShrinkSchedule =
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir")
+    checkpoint_interval = check_checkpoint_interval(checkpoint_interval)
     rule = GammaRule() if rule is None else rule
     shrinkable = rule.layers(bnn)
     for layer in shrinkable:
@@ -598,7 +601,8 @@ def fit_shrinking(bnn: SparseBNN, x, y, *, epochs: int, shrink: ShrinkSchedule =
     state = run_epochs(
         state, history, epochs=epochs, run_epoch=lambda state: compiled(state, x_device, y_device),
         finish_epoch=finish_epoch, result=result, checkpoint_dir=checkpoint_dir,
-        save=save if checkpoint_dir is not None else None, callbacks=callbacks, progress=progress,
+        save=save if checkpoint_dir is not None else None, checkpoint_interval=checkpoint_interval,
+        callbacks=callbacks, progress=progress,
         postfix=lambda record: {"width": "/".join(map(str, record["widths"].values()))})
     return result(state)
 
@@ -631,8 +635,8 @@ def _remove_units(bnn: SparseBNN, state: TrainState, tracker: _Tracker, shrink: 
 def _resume(bnn: SparseBNN, state: TrainState, tracker: _Tracker, directory: Path):
     """Rebuild the widths recorded in ``shrink.json`` and load the checkpoint onto them.
 
-    ``shrink.json`` holds the tracker after the last two epochs, so that a crash between writing
-    it and writing the checkpoint still finds the widths the checkpoint was saved with.
+    ``shrink.json`` holds the tracker of the last two checkpoint writes, so that a crash between
+    writing it and writing the checkpoint still finds the widths the checkpoint was saved with.
     """
     if not (directory / "checkpoint.msgpack").exists():
         return bnn, state, tracker, []

@@ -128,7 +128,8 @@ def test_report_prints_the_compression_table(finished_run):
 
 def test_sigkill_then_resume_ends_exactly_like_an_uninterrupted_run(finished_run, tmp_path):
     run = tmp_path / "killed"
-    process = start("fit", *TINY, "--epochs", EPOCHS, "--out", run)
+    # a checkpoint after every epoch, so that the kill lands between two of them
+    process = start("fit", *TINY, "--epochs", EPOCHS, "--out", run, "--checkpoint-interval", "0")
     history_file = run / "checkpoint" / "history.json"
     deadline = time.time() + 600
     try:

@@ -90,6 +90,82 @@ def test_learning_rate_schedule_checks():
     np.testing.assert_allclose(updates["w.loc"], -0.5e-2, rtol=1e-4)  # at the end of 8 steps
 
 
+class _Clock:
+    """A stand-in for ``time`` in :mod:`sparse_bnn.fit`: each fake epoch takes ``epoch_seconds``."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+
+def _fake_loop(monkeypatch, saves, *, epochs, interval, epoch_seconds=4.0, nan_at=None):
+    """``run_epochs`` over fake epochs of ``epoch_seconds``; appends ``(epoch, history length,
+    parameter value)`` to ``saves`` at every ``save``."""
+    import sparse_bnn.fit as fit_module
+    from sparse_bnn.fit import EpochStats, run_epochs
+    from sparse_bnn.model import Masks
+    clock = _Clock()
+    monkeypatch.setattr(fit_module, "time", clock)
+
+    def run_epoch(state):
+        clock.now += epoch_seconds
+        epoch = int(state.epoch) + 1
+        loss = np.nan if epoch == nan_at else 1.0 / epoch
+        return state._replace(epoch=state.epoch + 1, params={"w": state.params["w"] + 1.0}), EpochStats(loss, loss, 0.0)
+
+    state = fit_module.TrainState({"w": jnp.zeros(3)}, (), jax.random.PRNGKey(0), jnp.zeros((), jnp.int32), Masks())
+    run_epochs(state, [], epochs=epochs, run_epoch=run_epoch, finish_epoch=lambda state, record: state,
+               result=lambda state: state, checkpoint_interval=interval,
+               save=lambda state, history: saves.append((int(state.epoch), len(history), float(state.params["w"][0]))))
+    return saves
+
+
+def test_checkpoints_follow_the_interval_and_always_cover_the_end(monkeypatch):
+    # 4 s epochs: 10 s have passed after epochs 3 and 6; the last epoch (7) is always written
+    assert _fake_loop(monkeypatch, [], epochs=7, interval=10.0) == [(3, 3, 3.0), (6, 6, 6.0), (7, 7, 7.0)]
+    assert [e for e, _, _ in _fake_loop(monkeypatch, [], epochs=4, interval=0.0)] == [1, 2, 3, 4]
+    assert [e for e, _, _ in _fake_loop(monkeypatch, [], epochs=4, interval=float("inf"))] == [4]
+
+
+def test_a_diverging_epoch_writes_the_last_good_state_first(monkeypatch):
+    """Epoch 5 diverges after the write of epoch 3: epoch 4's state is written, with its history."""
+    saves = []
+    with pytest.raises(DivergenceError, match="non-finite in epoch 5") as info:
+        _fake_loop(monkeypatch, saves, epochs=9, interval=10.0, nan_at=5)
+    assert int(info.value.last_good.epoch) == 4
+    assert saves == [(3, 3, 3.0), (4, 4, 4.0)]
+
+
+def test_a_diverging_run_leaves_its_last_good_state_on_disk(tmp_path):
+    """No checkpoint is due (interval inf) when the updates overflow in epoch 3: the checkpoint
+    on disk is then exactly epoch 2's state and history."""
+    x, y = small_problem()
+    kwargs = dict(batch_size=64, seed=3, progress=False)  # 4 steps per epoch
+    blowup = optax.chain(optax.adam(1e-2), optax.scale_by_schedule(lambda count: jnp.where(count >= 8, 1e38, 1.0)))
+    two_epochs = fit(small_bnn(), x, y, epochs=2, optimizer=blowup, **kwargs)
+    with pytest.raises(DivergenceError, match=r"last good checkpoint \(epoch 2\)"):
+        fit(small_bnn(), x, y, epochs=4, optimizer=blowup, checkpoint_dir=tmp_path,
+            checkpoint_interval=float("inf"), **kwargs)
+    state, history = load_checkpoint(tmp_path, init_state(small_bnn(), blowup))
+    assert int(state.epoch) == 2
+    assert [h["loss"] for h in history] == [h["loss"] for h in two_epochs.history]
+    for name, value in two_epochs.params.items():
+        np.testing.assert_array_equal(state.params[name], value, err_msg=name)
+
+
+def test_checkpoint_interval_is_checked():
+    x, y = small_problem()
+    with pytest.raises(ValueError, match="checkpoint_interval"):
+        fit(small_bnn(), x, y, epochs=1, checkpoint_interval=-1.0, progress=False)
+    with pytest.raises(ValueError, match="checkpoint_interval"):
+        fit(small_bnn(), x, y, epochs=1, checkpoint_interval=float("nan"), progress=False)
+    from sparse_bnn.run import RunConfig
+    with pytest.raises(ValueError, match="checkpoint_interval"):
+        RunConfig(out="unused", checkpoint_interval=-5).check()
+
+
 def test_a_crash_between_the_two_checkpoint_writes_leaves_a_consistent_pair(tmp_path):
     """History is written before the checkpoint: a crash between them leaves the history one
     epoch ahead, and loading drops that record, so a resumed run repeats the epoch cleanly."""

@@ -364,6 +364,31 @@ def test_fit_shrinking_removes_and_shrinks(tmp_path):
         np.testing.assert_array_equal(resumed.params[name], result.params[name])
 
 
+def test_a_shrinking_run_resumed_mid_way_ends_like_an_uninterrupted_one(tmp_path):
+    """The only checkpoint is written after epoch 9 (``checkpoint_interval=inf``), after the
+    network has shrunk (epoch 8): resuming rebuilds its widths and tracker, and epochs 10-13
+    repeat the uninterrupted run exactly."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 6)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int32)
+    schedule = ShrinkSchedule(warmup_epochs=2, threshold=0.05, patience=2, bucket=8)
+
+    def run(epochs, **kwargs):
+        bnn = SparseBNN(MLP(6, (40, 24), 2, rngs=nnx.Rngs(0)), get_prior("ss-ghs"), n_data=256, inclusion=1e-4)
+        return fit_shrinking(bnn, x, y, epochs=epochs, batch_size=64, shrink=schedule, progress=False,
+                             optimizer=svi_optimizer(1e-3, 0.3), **kwargs)
+
+    full = run(13)
+    first = run(9, checkpoint_dir=tmp_path, checkpoint_interval=float("inf"))
+    assert any(r["compiled"] for r in first.history)
+    resumed = run(13, checkpoint_dir=tmp_path, resume=True)
+    assert [(r["loss"], r["widths"], r["removed"]) for r in resumed.history] == \
+           [(r["loss"], r["widths"], r["removed"]) for r in full.history]
+    assert resumed.removed == full.removed
+    for name in full.params:
+        np.testing.assert_array_equal(resumed.params[name], full.params[name], err_msg=name)
+
+
 @pytest.mark.slow
 def test_digits_with_and_without_shrinking_agree():
     """MLP 64-100-100-10, SS-GHS on digits, same seed, with and without shrinking.

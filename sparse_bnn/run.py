@@ -119,7 +119,7 @@ class RunConfig:
     shrink_warmup: int = 10
     shrink_patience: int = 3
     shrink_threshold: float | None = None
-    shrink_factor: float = 0.5
+    shrink_factor: float = 0.25
     devices: int | None = None
     checkpoint_interval: float = CHECKPOINT_INTERVAL
 

@@ -354,7 +354,7 @@ def test_nodewise_bmr_with_shrinking_trains_a_smaller_network(teacher):
     widths = []
     result = reduction.fit_with_bmr(
         teacher_bnn(), x, y, mode="nodewise", warmup_epochs=30, epochs=100, batch_size=20,
-        optimizer=optax.adam(1e-2), progress=False, shrink=ShrinkSchedule(bucket=4),
+        optimizer=optax.adam(1e-2), progress=False, shrink=ShrinkSchedule(bucket=4, shrink_factor=0.5),
         callbacks=(lambda e, r, s: widths.append(r["widths"]["dense0"]),))
     assert isinstance(result, ShrinkResult)
     alive = np.asarray(result.state.masks.units["dense0"]) > 0.5

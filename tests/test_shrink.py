@@ -500,4 +500,4 @@ def test_shrink_from_the_run_api_and_cli_options(tmp_path):
     with pytest.raises(ValueError, match="shrink_factor must lie"):
         RunConfig(out=str(tmp_path / "bad"), data="digits", shrink=True, shrink_factor=1.5).check()
     with pytest.raises(ValueError, match="--shrink-threshold, --shrink-factor set how --shrink .*give --shrink too"):
-        RunConfig(out=str(tmp_path / "bad"), data="digits", shrink_factor=0.25, shrink_threshold=0.1).check()
+        RunConfig(out=str(tmp_path / "bad"), data="digits", shrink_factor=0.5, shrink_threshold=0.1).check()

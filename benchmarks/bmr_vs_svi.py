@@ -136,7 +136,7 @@ def run_method(method, net_name, data, setting, seed=0):
         bnn = SparseBNN(net, get_prior(prior), n_data=data.x_train.shape[0], rho_init=setting["rho_init"])
         # the indicator rate only touches spike-and-slab priors' indicator logits
         elapsed = []
-        shrink_schedule = ShrinkSchedule(shrink_factor=setting.get("shrink_factor", ShrinkSchedule().shrink_factor))
+        shrink_schedule = ShrinkSchedule(shrink_factor=setting["shrink_factor"])
         common = dict(epochs=setting["epochs"], batch_size=setting["batch_size"], seed=seed,
                       optimizer=svi_optimizer(setting["lr"], setting["indicator_lr"]), progress=False,
                       validation=(data.x_test, data.y_test),
@@ -321,7 +321,8 @@ def main(argv=None):
             ShrinkSchedule(shrink_factor=args.shrink_factor).validate()
         except ValueError as error:
             parser.error(f"--shrink-factor: {error}")
-        setting["shrink_factor"] = args.shrink_factor
+    # recorded either way: the default changed (0.5 until 2026-12-02, then 0.25)
+    setting["shrink_factor"] = ShrinkSchedule().shrink_factor if args.shrink_factor is None else args.shrink_factor
     nets = [n for n in (args.nets or setting["nets"]) if n == "mlp" or n in NETS]
     data = load_dataset("fashion-mnist", data_dir=args.data_dir, n_train=setting["n_train"],
                         n_test=setting["n_test"], seed=args.seed)

@@ -59,12 +59,13 @@ SCHEDULES = {
 def run_config(net: str, method: str, schedule: dict, args: argparse.Namespace, out: Path) -> RunConfig:
     """The :class:`RunConfig` of one (net, method) pair."""
     prior, bmr = ("flat", "nodewise") if method == "bmr" else (method, "none")
+    shrink = bool(schedule.get("shrink")) and method in SHRINKABLE
     return RunConfig(out=str(out), data="fashion-mnist", net=net, widths=list(MLP_WIDTHS), prior=prior,
                      bmr=bmr, epochs=schedule["epochs"], batch_size=schedule["batch_size"],
                      lr=schedule["lr"],
                      **{k: schedule[k] for k in ("indicator_lr", "lr_schedule", "lr_final_fraction", "rho_init",
                                                  "sigma0") if k in schedule},
-                     shrink=bool(schedule.get("shrink")) and method in SHRINKABLE,
+                     shrink=shrink, **({"shrink_factor": schedule["shrink_factor"]} if shrink else {}),
                      bmr_warmup=schedule.get("bmr_warmup") if bmr != "none" else None, seed=args.seed,
                      data_dir=args.data_dir, n_train=args.n_train,
                      n_test=args.n_test, samples=args.samples, latency=not args.no_latency,
@@ -162,6 +163,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="SVI epochs before BMR's first reduction (default: fit_with_bmr's, 5)")
     parser.add_argument("--shrink", action=argparse.BooleanOptionalAction,
                         help="override whether spike-and-slab and BMR runs shrink while training")
+    parser.add_argument("--shrink-factor", type=float,
+                        help="rebuild when a layer's alive units fit in this fraction of its width "
+                             "(default: the library's, 0.25; 0.5 until 2026-12-02)")
     parser.add_argument("--n-train", type=int, help="subsample the 60,000 training images")
     parser.add_argument("--n-test", type=int, help="subsample the 10,000 test images")
     parser.add_argument("--samples", type=int, default=10, help="posterior samples for BMA")
@@ -173,7 +177,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     parser.add_argument("--tag", default="", help="suffix of the result file names")
     args = parser.parse_args(argv)
-    for name in ("epochs", "batch_size", "n_train", "n_test", "lr", "indicator_lr", "sigma0"):
+    for name in ("epochs", "batch_size", "n_train", "n_test", "lr", "indicator_lr", "sigma0", "shrink_factor"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
@@ -188,9 +192,11 @@ def main(argv=None) -> dict:
     if args.epochs is not None:
         schedule["epochs"] = args.epochs
     for name in ("batch_size", "lr", "indicator_lr", "lr_schedule", "lr_final_fraction", "rho_init", "sigma0",
-                 "shrink", "bmr_warmup"):
+                 "shrink", "bmr_warmup", "shrink_factor"):
         if getattr(args, name) is not None:
             schedule[name] = getattr(args, name)
+    if schedule.get("shrink"):
+        schedule.setdefault("shrink_factor", RunConfig.shrink_factor)  # recorded: the default changed
     name = f"fmnist_{args.schedule}{'_' + args.tag if args.tag else ''}"
     header = {"schedule": args.schedule, "settings": schedule,
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -68,6 +68,8 @@ _MODEL_FIELDS = ("data", "net", "widths", "prior", "batch_size", "lr", "indicato
 
 # --shrink options of the spike-and-slab removal rule (GammaRule); meaningless with --bmr nodewise.
 _GAMMA_RULE_FIELDS = ("shrink_warmup", "shrink_patience", "shrink_threshold")
+# every option of --shrink; meaningless without it
+_SHRINK_FIELDS = (*_GAMMA_RULE_FIELDS, "shrink_factor")
 
 
 class RunDirectoryError(ValueError):
@@ -178,7 +180,7 @@ class RunConfig:
         if self.shrink:
             self.shrink_schedule().validate()
         else:
-            shrink_options = self._options_set((*_GAMMA_RULE_FIELDS, "shrink_factor"))
+            shrink_options = self._options_set(_SHRINK_FIELDS)
             if shrink_options:
                 raise ValueError(f"{', '.join(shrink_options)} set how --shrink removes units and rebuilds "
                                  "the network; give --shrink too")
@@ -336,8 +338,10 @@ def _check_resumable(out: Path, config: RunConfig) -> None:
     if not saved_file.exists():
         return
     saved = json.loads(saved_file.read_text()).get("run", {})
+    # without --shrink its options are unused (and their defaults may have changed since)
+    unused = _SHRINK_FIELDS if not (config.shrink or saved.get("shrink")) else ()
     different = {k: (saved.get(k), getattr(config, k)) for k in _MODEL_FIELDS
-                 if k in saved and saved.get(k) != getattr(config, k)}
+                 if k not in unused and k in saved and saved.get(k) != getattr(config, k)}
     if different:
         lines = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in different.items())
         raise RunDirectoryError(f"cannot resume {out}: the run was started with other settings ({lines}); "

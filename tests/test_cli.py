@@ -278,6 +278,27 @@ def test_run_directory_states(tmp_path):
     assert not run.exists()
 
 
+def test_resuming_compares_the_shrink_options_only_of_shrinking_runs(tmp_path):
+    """A run started without --shrink when the default factor was 0.5 resumes under today's
+    0.25; a shrinking run must repeat its factor."""
+    from sparse_bnn.run import RunConfig, RunDirectoryError, _check_resumable
+    run = tmp_path / "run"
+    run.mkdir()
+    for shrink in (False, True):
+        saved = RunConfig(out=str(run), data="digits", shrink=shrink)
+        saved.shrink_factor = 0.5  # the default until 2026-12-02
+        (run / "config.json").write_text(json.dumps({"run": saved.to_dict()}))
+        now = RunConfig(out=str(run), data="digits", shrink=shrink)
+        if shrink:
+            with pytest.raises(RunDirectoryError, match="shrink_factor: saved 0.5, now 0.25"):
+                _check_resumable(run, now)
+            _check_resumable(run, RunConfig(out=str(run), data="digits", shrink=True, shrink_factor=0.5))
+        else:
+            _check_resumable(run, now)
+        with pytest.raises(RunDirectoryError, match="shrink: saved"):
+            _check_resumable(run, RunConfig(out=str(run), data="digits", shrink=not shrink))
+
+
 def test_regression_run_with_fine_tuning(tmp_path):
     from sparse_bnn.compact_io import load_compact
     from sparse_bnn.data import load_dataset

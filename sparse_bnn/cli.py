@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     from sparse_bnn.nets.mlp import ACTIVATIONS
     from sparse_bnn.priors import PRIORS
     from sparse_bnn.noise import WEIGHT_NOISE
-    from sparse_bnn.run import BMR_MODES
+    from sparse_bnn.run import BMR_MODES, RunConfig
 
     parser = argparse.ArgumentParser(
         prog="sparse-bnn", description="Structurally sparse Bayesian neural networks: fit with "
@@ -112,13 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--shrink", action="store_true",
                        help="remove switched-off units while training and continue on the smaller network "
                             "(spike-and-slab priors; with --bmr nodewise, the units the reduction prunes)")
-    train.add_argument("--shrink-warmup", type=int, default=10, help="epochs before any unit is removed")
-    train.add_argument("--shrink-patience", type=int, default=3,
+    train.add_argument("--shrink-warmup", type=int, default=RunConfig.shrink_warmup,
+                       help="epochs before any unit is removed")
+    train.add_argument("--shrink-patience", type=int, default=RunConfig.shrink_patience,
                        help="consecutive epochs below the threshold before a unit is removed")
     train.add_argument("--shrink-threshold", type=float, default=None,
                        help="remove a unit when its inclusion probability stays below this "
                             "(default: 0.01, or twice the layer's prior inclusion probability when that is larger)")
-    train.add_argument("--shrink-factor", type=float, default=0.25,
+    train.add_argument("--shrink-factor", type=float, default=RunConfig.shrink_factor,
                        help="rebuild the network when a layer's alive units fit in this fraction of its "
                             "physical width (fewer, larger rebuilds when smaller; each one recompiles)")
     train.add_argument("--devices", type=int, default=None, help="number of devices")

@@ -555,7 +555,6 @@ def fit_with_bmr(bnn: SparseBNN, x, y, *, mode: str = "elementwise", warmup_epoc
         raise ValueError(f"unknown node threshold {node_threshold!r}; choose one of {NODE_THRESHOLDS}")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir")
-    checkpoint_interval = check_checkpoint_interval(checkpoint_interval)
     if shrink is not None:
         if mode != "nodewise":
             raise ValueError("shrinking removes whole units; element-wise BMR prunes single weights. "
@@ -566,6 +565,7 @@ def fit_with_bmr(bnn: SparseBNN, x, y, *, mode: str = "elementwise", warmup_epoc
                              validation=validation, checkpoint_dir=checkpoint_dir, resume=resume,
                              callbacks=callbacks, masks=masks, init_params=init_params, rule=rule,
                              checkpoint_interval=checkpoint_interval)
+    checkpoint_interval = check_checkpoint_interval(checkpoint_interval)
     x, y = validate_data(bnn, x, y)
     n_data = x.shape[0]
     if n_data != bnn.n_data:

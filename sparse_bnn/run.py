@@ -45,6 +45,7 @@ from sparse_bnn.model import Masks, SparseBNN
 from sparse_bnn.nets import NETS, FunctionalNet, net_from_config
 from sparse_bnn.noise import WEIGHT_NOISE
 from sparse_bnn.priors import PRIORS, get_prior
+from sparse_bnn.shrink import ShrinkSchedule, fit_shrinking
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.json"
@@ -118,10 +119,10 @@ class RunConfig:
     bmr: str = "none"
     bmr_warmup: int | None = None
     shrink: bool = False
-    shrink_warmup: int = 10
-    shrink_patience: int = 3
+    shrink_warmup: int = ShrinkSchedule().warmup_epochs
+    shrink_patience: int = ShrinkSchedule().patience
     shrink_threshold: float | None = None
-    shrink_factor: float = 0.25
+    shrink_factor: float = ShrinkSchedule().shrink_factor
     devices: int | None = None
     checkpoint_interval: float = CHECKPOINT_INTERVAL
 
@@ -204,7 +205,6 @@ class RunConfig:
 
     def shrink_schedule(self):
         """The :class:`~sparse_bnn.shrink.ShrinkSchedule` of ``--shrink``."""
-        from sparse_bnn.shrink import ShrinkSchedule
         return ShrinkSchedule(warmup_epochs=int(self.shrink_warmup), patience=int(self.shrink_patience),
                               threshold=self.shrink_threshold, shrink_factor=float(self.shrink_factor))
 
@@ -349,7 +349,7 @@ def _check_resumable(out: Path, config: RunConfig) -> None:
 
 
 def _fit_function(config: RunConfig) -> Callable[..., FitResult]:
-    """``fit``, or the BMR / shrinking training schemes (written elsewhere; imported lazily)."""
+    """``fit``, or the BMR / shrinking training schemes (BMR's imported lazily)."""
     if config.bmr != "none":
         try:
             from sparse_bnn.reduction import fit_with_bmr
@@ -360,11 +360,6 @@ def _fit_function(config: RunConfig) -> Callable[..., FitResult]:
         return lambda bnn, x, y, **kwargs: fit_with_bmr(bnn, x, y, mode=config.bmr, warmup_epochs=config.bmr_warmup,
                                                         shrink=shrink, **kwargs)
     if config.shrink:
-        try:
-            from sparse_bnn.shrink import fit_shrinking
-        except ImportError as error:
-            raise ValueError(f"--shrink needs sparse_bnn.shrink.fit_shrinking, which this installation "
-                             f"lacks ({error}); run without --shrink") from error
         return lambda bnn, x, y, **kwargs: fit_shrinking(bnn, x, y, shrink=config.shrink_schedule(), **kwargs)
     return fit
 

@@ -13,7 +13,7 @@ the Bayesian runs is Bayesian model averaging over 10 posterior samples on the t
 ``density`` is the fraction of the dense MLP's weights in the compact (median-probability)
 network. Both Bayesian runs use the main job's settings: Adam 3e-3, the indicator logits at
 1e-2 (``--indicator-lr``, :func:`sparse_bnn.fit.svi_optimizer`), and ``rho_init = -3``. Units
-are removed when ``gamma < max(0.01, 2 lambda_l)`` (``--threshold`` sets a fixed value) for
+are removed when ``gamma < max(0.05, 2 lambda_l)`` (``--threshold`` sets a fixed value) for
 ``--patience`` epochs after ``--warmup``.
 
     python benchmarks/shrink.py --epochs 300 --out benchmarks/results/shrink.json
@@ -106,7 +106,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--rho-init", type=float, default=-3.0)
     parser.add_argument("--warmup", type=int, default=ShrinkSchedule().warmup_epochs)
     parser.add_argument("--patience", type=int, default=ShrinkSchedule().patience)
-    parser.add_argument("--threshold", type=float, default=None, help="default: max(0.01, 2 lambda_l) per layer")
+    parser.add_argument("--threshold", type=float, default=None, help="default: max(0.05, 2 lambda_l) per layer")
     parser.add_argument("--bucket", type=int, default=16)
     parser.add_argument("--n-train", type=int, default=None, help="use the first N training images")
     parser.add_argument("--seed", type=int, default=0)

@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="consecutive epochs below the threshold before a unit is removed")
     train.add_argument("--shrink-threshold", type=float, default=None,
                        help="remove a unit when its inclusion probability stays below this "
-                            "(default: 0.01, or twice the layer's prior inclusion probability when that is larger)")
+                            "(default: 0.05, or twice the layer's prior inclusion probability when that is larger)")
     train.add_argument("--shrink-factor", type=float, default=RunConfig.shrink_factor,
                        help="rebuild the network when a layer's alive units fit in this fraction of its "
                             "physical width (fewer, larger rebuilds when smaller; each one recompiles)")

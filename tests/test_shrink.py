@@ -315,9 +315,9 @@ def test_default_threshold_lies_above_the_prior_inclusion():
     for name in ("dense0", "dense1"):
         lam = float(bnn.inclusion[name])
         assert 1e-3 < lam < 5e-3  # a fixed 1e-3 would never see these units as off
-        assert removal_threshold(bnn, name, ShrinkSchedule()) == 0.01
+        assert removal_threshold(bnn, name, ShrinkSchedule()) == 0.05
         assert removal_threshold(bnn, name, ShrinkSchedule(threshold=1e-3)) == 1e-3
-    for inclusion, expected in ((0.02, 0.04), (0.3, 0.25)):
+    for inclusion, expected in ((0.04, 0.08), (0.3, 0.25)):
         bnn = SparseBNN(MLP(6, (4,), 3, rngs=nnx.Rngs(0)), get_prior("ss-ghs"), n_data=8, inclusion=inclusion)
         assert removal_threshold(bnn, "dense0", ShrinkSchedule()) == pytest.approx(expected)
 

@@ -37,7 +37,7 @@ from sparse_bnn.model import SparseBNN
 from sparse_bnn.nets import MLP, FunctionalNet
 from sparse_bnn.posterior import predict
 from sparse_bnn.priors import get_prior
-from sparse_bnn.shrink import ShrinkSchedule, fit_shrinking
+from sparse_bnn.shrink import DEFAULT_THRESHOLD, ShrinkSchedule, fit_shrinking
 
 WIDTHS = (400, 400)
 
@@ -106,7 +106,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--rho-init", type=float, default=-3.0)
     parser.add_argument("--warmup", type=int, default=ShrinkSchedule().warmup_epochs)
     parser.add_argument("--patience", type=int, default=ShrinkSchedule().patience)
-    parser.add_argument("--threshold", type=float, default=None, help="default: max(0.05, 2 lambda_l) per layer")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help=f"default: max({DEFAULT_THRESHOLD}, 2 lambda_l) per layer")
     parser.add_argument("--bucket", type=int, default=16)
     parser.add_argument("--n-train", type=int, default=None, help="use the first N training images")
     parser.add_argument("--seed", type=int, default=0)

@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     from sparse_bnn.priors import PRIORS
     from sparse_bnn.noise import WEIGHT_NOISE
     from sparse_bnn.run import BMR_MODES, RunConfig
+    from sparse_bnn.shrink import DEFAULT_THRESHOLD
 
     parser = argparse.ArgumentParser(
         prog="sparse-bnn", description="Structurally sparse Bayesian neural networks: fit with "
@@ -118,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="consecutive epochs below the threshold before a unit is removed")
     train.add_argument("--shrink-threshold", type=float, default=None,
                        help="remove a unit when its inclusion probability stays below this "
-                            "(default: 0.05, or twice the layer's prior inclusion probability when that is larger)")
+                            f"(default: {DEFAULT_THRESHOLD}, or twice the layer's prior inclusion probability "
+                            "when that is larger)")
     train.add_argument("--shrink-factor", type=float, default=RunConfig.shrink_factor,
                        help="rebuild the network when a layer's alive units fit in this fraction of its "
                             "physical width (fewer, larger rebuilds when smaller; each one recompiles)")

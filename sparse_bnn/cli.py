@@ -41,6 +41,16 @@ def _inclusion(text: str) -> str | float:
     return value
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: X)`` only where it informs: not to flags (True/False), not where the
+    default is computed later (None), not where the help text already states the default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or isinstance(action.default, bool) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from sparse_bnn.data import DATASET_NAMES
     from sparse_bnn.fit import CHECKPOINT_INTERVAL, LR_SCHEDULES
@@ -57,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     fit = commands.add_parser("fit", help="train a model into a run directory",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                              formatter_class=_HelpFormatter)
     what = fit.add_argument_group("data, network, prior")
     what.add_argument("--data", default="fashion-mnist", metavar="NAME|FILE",
                       help=f"data set: one of {', '.join(DATASET_NAMES)}, or a .npz/.csv file")
@@ -69,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--n-train", type=int, default=None, help="use only this many training examples")
     what.add_argument("--n-test", type=int, default=None, help="use only this many test examples")
     what.add_argument("--net", default="mlp", choices=sorted(NETS), help="architecture")
-    what.add_argument("--widths", type=_widths, default=[400, 400], help="MLP hidden widths, e.g. 400,400")
+    what.add_argument("--widths", type=_widths, default="400,400", help="MLP hidden widths, e.g. 400,400")
     what.add_argument("--activation", default="silu", choices=sorted(ACTIVATIONS),
                       help="activation of the MLP, LeNets and ResNets (ViT and Mixer: GELU)")
     what.add_argument("--prior", default="ss-ghs", choices=sorted(PRIORS), help="shrinkage prior")
@@ -89,8 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--centred", action="store_true", help="centred parametrisation")
 
     train = fit.add_argument_group("training")
-    train.add_argument("--epochs", type=int, default=10)
-    train.add_argument("--batch-size", type=int, default=1024)
+    train.add_argument("--epochs", type=int, default=10, help="passes over the training set")
+    train.add_argument("--batch-size", type=int, default=1024, help="training examples per SVI step")
     train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     train.add_argument("--indicator-lr", type=float, default=None,
                        help="learning rate of the node indicators' logits (default: --lr); it sets how fast "
@@ -100,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "--lr-final-fraction of their values: along a half cosine or a straight line")
     train.add_argument("--lr-final-fraction", type=float, default=0.1,
                        help="learning rate at the end of a decaying --lr-schedule, as a fraction of --lr")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=int, default=0,
+                       help="seeds initialisation, shuffling, noise and the data splits")
     train.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                        help="horizontal flips (default: as the data set says; on for Fashion-MNIST)")
     train.add_argument("--fine-tune-epochs", type=int, default=0,
@@ -124,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--shrink-factor", type=float, default=RunConfig.shrink_factor,
                        help="rebuild the network when a layer's alive units fit in this fraction of its "
                             "physical width (fewer, larger rebuilds when smaller; each one recompiles)")
-    train.add_argument("--devices", type=int, default=None, help="number of devices")
+    train.add_argument("--devices", type=int, default=None,
+                       help="train data-parallel on the first N local devices (default: every device)")
 
     evaluation = fit.add_argument_group("pruning and evaluation")
     evaluation.add_argument("--threshold", type=float, default=0.5,

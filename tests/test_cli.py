@@ -261,6 +261,21 @@ def test_help_lists_the_choices():
         assert name in text, name
 
 
+def test_help_states_only_informative_defaults(capsys):
+    from sparse_bnn.cli import build_parser
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["fit", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for noise in ("(default: None)", "(default: True)", "(default: False)"):
+        assert noise not in text, noise
+    # a help text that states its default gets no second one
+    assert "(default: 1, or the net's reference value, 0.2 for ResNets) --inclusion" in text
+    assert "--epochs EPOCHS passes over the training set (default: 10)" in text
+    assert "--widths WIDTHS MLP hidden widths, e.g. 400,400 (default: 400,400)" in text
+    assert "--no-download never download MNIST/Fashion-MNIST --validation-fraction" in text
+    assert build_parser().parse_args(["fit", "--out", "run"]).widths == [400, 400]
+
+
 def test_run_directory_states(tmp_path):
     from sparse_bnn.run import RunDirectoryError, prepare_run_directory
     run = tmp_path / "run"

@@ -21,7 +21,7 @@ _EXPORTS = {
     "compact": "sparse_bnn.prune", "mask_params": "sparse_bnn.prune",
     "compression_report": "sparse_bnn.report",
     "save_compact": "sparse_bnn.compact_io", "load_compact": "sparse_bnn.compact_io",
-    "load_dataset": "sparse_bnn.data",
+    "load_dataset": "sparse_bnn.data", "predict_run": "sparse_bnn.deploy",
     "fit_with_bmr": "sparse_bnn.reduction", "fit_shrinking": "sparse_bnn.shrink",
 }
 

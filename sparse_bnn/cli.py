@@ -4,6 +4,7 @@
         --epochs 20 --out runs/fmnist
     sparse-bnn evaluate runs/fmnist
     sparse-bnn report runs/fmnist
+    sparse-bnn predict runs/fmnist t10k-images-idx3-ubyte.gz --out predictions.csv
 
 Exit codes: 0 success; 2 bad input (unknown names, missing or corrupt data, a run directory
 that must not be touched); 3 the loss diverged (the last good checkpoint is kept);
@@ -163,6 +164,24 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="print a run's compression table")
     report.add_argument("run_dir", metavar="RUN_DIR")
     report.add_argument("--json", action="store_true", help="print metrics.json")
+
+    predict = commands.add_parser(
+        "predict", help="predict new examples with a run's compact model",
+        description="Predict new examples, given in the data set's own units (pixel values 0-255, raw "
+                    "features), with a run's compact model. Classification: label, predictive entropy, "
+                    "mutual information (its epistemic part) and class probabilities; regression: mean and "
+                    "standard deviation in the targets' units.")
+    predict.add_argument("run_dir", metavar="RUN_DIR")
+    predict.add_argument("inputs", metavar="INPUT",
+                         help=".npy, .npz (array x), .csv (one example per row) or IDX image file (.gz or not)")
+    predict.add_argument("--out", default=None,
+                         help="write a .csv or .npz file instead of CSV on standard output")
+    predict.add_argument("--median", action="store_true",
+                         help="use the median-probability network alone instead of averaging over the "
+                              "saved posterior samples")
+    predict.add_argument("--data-dir", default=None,
+                         help="folder holding the training data (only for runs saved without their "
+                              "preprocessing)")
     return parser
 
 
@@ -201,11 +220,21 @@ def _report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from sparse_bnn.deploy import predict_run, read_inputs, write_predictions
+    predictions = predict_run(args.run_dir, read_inputs(args.inputs), samples=not args.median,
+                              data_dir=args.data_dir, source=args.inputs)
+    write_predictions(args.out, predictions)
+    if args.out is not None:
+        print(f"{len(next(iter(predictions.values())))} predictions -> {args.out}", file=sys.stderr)
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``sparse-bnn`` (and ``python -m sparse_bnn``); returns the exit code."""
     args = build_parser().parse_args(argv)
     from sparse_bnn.fit import DivergenceError
-    command = {"fit": _fit, "evaluate": _evaluate, "report": _report}[args.command]
+    command = {"fit": _fit, "evaluate": _evaluate, "report": _report, "predict": _predict}[args.command]
     try:
         return command(args)
     except DivergenceError as error:

@@ -32,7 +32,7 @@ import struct
 import tempfile
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +45,7 @@ __all__ = [
     "flip_augment",
     "load_dataset",
     "make_teacher_regression",
+    "prepare_inputs",
     "read_idx",
     "read_cifar10_binary_batch",
     "read_cifar10_python_batch",
@@ -89,8 +90,10 @@ class Dataset:
       num_classes: number of classes, ``None`` for regression.
       input_shape: shape of one example, e.g. ``(28, 28, 1)`` or ``(64,)``.
       flip_augment: whether training should apply horizontal-flip augmentation.
-      mean, std: the input standardisation (``x = (raw - mean) / std``) from the training split:
-        scalars for images, ``[D]`` for tabular data; ``None`` if not standardised.
+      raw_divisor: the source's values are divided by this first (255 for 8-bit images, 16 for
+        scikit-learn's digits, else 1).
+      mean, std: the input standardisation (``x = (raw / raw_divisor - mean) / std``) from the
+        training split: scalars for images, ``[D]`` for tabular data; ``None`` if not standardised.
       y_mean, y_std: the target standardisation (regression), ``[1]`` each, or ``None``.
       source: where the arrays came from (folder, file or generator).
       info: extra facts (e.g. the teacher's weights and true number of active units).
@@ -107,6 +110,7 @@ class Dataset:
     num_classes: int | None
     input_shape: tuple[int, ...]
     flip_augment: bool = False
+    raw_divisor: float = 1.0
     mean: np.ndarray | None = None
     std: np.ndarray | None = None
     y_mean: np.ndarray | None = None
@@ -128,6 +132,16 @@ class Dataset:
         if self.y_std is None:
             return np.asarray(y)
         return np.asarray(y) * self.y_std + self.y_mean
+
+    def preprocessing(self) -> dict[str, Any]:
+        """JSON-able recipe from the source's units to the network's inputs and from its outputs
+        back to the source's target units: what :func:`prepare_inputs` and ``sparse-bnn predict``
+        apply to new data."""
+        def listed(array):
+            return None if array is None else np.asarray(array).tolist()
+        return {"task": self.task, "input_shape": list(self.input_shape), "num_classes": self.num_classes,
+                "raw_divisor": float(self.raw_divisor), "mean": listed(self.mean), "std": listed(self.std),
+                "y_mean": listed(self.y_mean), "y_std": listed(self.y_std)}
 
     def summary(self) -> dict[str, Any]:
         """JSON-able description: sizes, shapes, classes, standardisation."""
@@ -621,6 +635,16 @@ def _subsample(x: np.ndarray, y: np.ndarray, n: int | None, rng: np.random.Gener
     return x[chosen], y[chosen]
 
 
+def _scale_raw(x: np.ndarray, raw_divisor: float) -> np.ndarray:
+    """``float32(x) / raw_divisor`` (no copy of float32 data when the divisor is 1)."""
+    x = x.astype(np.float32, copy=False)
+    return x if raw_divisor == 1 else x / np.float32(raw_divisor)
+
+
+def _standardize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    return ((x - mean) / std).astype(np.float32)
+
+
 def _standardize_inputs(x_train: np.ndarray, others: list[np.ndarray], is_image: bool
                         ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, np.ndarray]:
     """Standardise with training statistics: one scalar for images, per feature otherwise.
@@ -632,11 +656,41 @@ def _standardize_inputs(x_train: np.ndarray, others: list[np.ndarray], is_image:
     std = np.asarray(x_train.std(axis=axes, dtype=np.float64))
     std = np.where(std > 0, std, 1.0)
     mean, std = mean.astype(np.float32), std.astype(np.float32)
+    return _standardize(x_train, mean, std), [_standardize(x, mean, std) for x in others], mean, std
 
-    def apply(x: np.ndarray) -> np.ndarray:
-        return ((x - mean) / std).astype(np.float32)
 
-    return apply(x_train), [apply(x) for x in others], mean, std
+def prepare_inputs(x: np.ndarray, preprocessing: Mapping[str, Any], source: str = "inputs") -> np.ndarray:
+    """New examples in the source's units -> the network's inputs, as the training data were made.
+
+    Args:
+      x: ``[N, *input_shape]`` numbers in the units of the data set's files (pixel values 0-255
+        for the IDX and CIFAR-10 sets and for uint8 images of a ``.npz``, 0-16 for digits, raw
+        features for tabular data). Images of one channel may leave the channel axis out, and
+        examples of one channel or tabular data may come flattened (``[N, prod(input_shape)]``).
+      preprocessing: :meth:`Dataset.preprocessing` of the training data.
+      source: names the inputs in error messages.
+
+    Returns:
+      float32 ``[N, *input_shape]``.
+
+    Raises:
+      ValueError: non-numeric or non-finite values, or examples of another shape.
+    """
+    x = np.asarray(x)
+    _check_finite(x, "the inputs", source)
+    shape = tuple(preprocessing["input_shape"])
+    flat = int(np.prod(shape))
+    if x.shape[1:] != shape:
+        single_channel = len(shape) == 1 or shape[-1] == 1
+        if x.ndim >= 2 and single_channel and (x.shape[1:] == shape[:-1] or x.shape[1:] == (flat,)):
+            x = x.reshape(len(x), *shape)
+        else:
+            raise ValueError(f"{source}: examples of shape {x.shape[1:]}, but the model takes {shape}"
+                             + (f" (or {flat} values per example)" if single_channel and len(shape) > 1 else ""))
+    x = _scale_raw(x, preprocessing["raw_divisor"])
+    if preprocessing["mean"] is not None:
+        x = _standardize(x, np.asarray(preprocessing["mean"], np.float32), np.asarray(preprocessing["std"], np.float32))
+    return x
 
 
 def _check_finite(array: np.ndarray, what: str, source: str) -> None:
@@ -668,8 +722,10 @@ def _assemble(name: str, task: str, x_train: np.ndarray, y_train: np.ndarray,
               x_test: np.ndarray, y_test: np.ndarray, *, num_classes: int | None,
               is_image: bool, validation_fraction: float, standardize: bool,
               standardize_targets: bool, seed: int, n_train: int | None, n_test: int | None,
-              flip: bool, source: str, info: dict[str, Any] | None = None) -> Dataset:
-    """Subsample, carve the validation split, standardise with training statistics."""
+              flip: bool, source: str, info: dict[str, Any] | None = None,
+              raw_divisor: float = 1.0) -> Dataset:
+    """Subsample, carve the validation split, scale (``/ raw_divisor``) and standardise with
+    training statistics."""
     if not 0.0 <= validation_fraction < 1.0:
         raise ValueError(f"validation_fraction={validation_fraction} must lie in [0, 1)")
     rng = np.random.default_rng(seed)
@@ -684,7 +740,7 @@ def _assemble(name: str, task: str, x_train: np.ndarray, y_train: np.ndarray,
     if len(held):
         x_train, y_train = x_train[keep], y_train[keep]
 
-    x_train, x_val, x_test = (x.astype(np.float32, copy=False) for x in (x_train, x_val, x_test))
+    x_train, x_val, x_test = (_scale_raw(x, raw_divisor) for x in (x_train, x_val, x_test))
     mean = std = None
     if standardize:
         x_train, (x_val, x_test), mean, std = _standardize_inputs(x_train, [x_val, x_test],
@@ -701,7 +757,7 @@ def _assemble(name: str, task: str, x_train: np.ndarray, y_train: np.ndarray,
     return Dataset(name=name, task=task, x_train=x_train, y_train=y_train, x_val=x_val,
                    y_val=y_val, x_test=x_test, y_test=y_test, num_classes=num_classes,
                    input_shape=tuple(int(d) for d in x_train.shape[1:]), flip_augment=flip,
-                   mean=mean, std=std, y_mean=y_mean, y_std=y_std, source=source,
+                   raw_divisor=float(raw_divisor), mean=mean, std=std, y_mean=y_mean, y_std=y_std, source=source,
                    info=info or {})
 
 
@@ -712,8 +768,8 @@ def _assemble(name: str, task: str, x_train: np.ndarray, y_train: np.ndarray,
 _INTEGER = re.compile(r"^[+-]?\d+$")
 
 
-def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Numeric CSV, optional header row, last column the target.
+def _read_csv(path: Path, with_target: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """Numeric CSV, optional header row, last column the target (``None`` without one).
 
     Integer-looking targets (no decimal point) give int64 labels, anything else float64.
     """
@@ -735,7 +791,7 @@ def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not rows:
         raise ValueError(f"{path}: the CSV file has a header but no data rows")
     width = len(rows[0][1])
-    if width < 2:
+    if width < 1 + with_target:
         raise ValueError(f"{path}: need at least one feature column and a target column")
     values = np.empty((len(rows), width), dtype=np.float64)
     target_is_integer = True
@@ -751,6 +807,8 @@ def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
                                  "a number (missing values must be removed or imputed)") from None
         target_is_integer &= bool(_INTEGER.match(row[-1].strip()))
     _check_finite(values, "the data", str(path))
+    if not with_target:
+        return values, None
     x, y = values[:, :-1], values[:, -1]
     return x, (y.astype(np.int64) if target_is_integer else y)
 
@@ -804,17 +862,14 @@ def _load_user_file(path: Path, **options: Any) -> Dataset:
         num_classes = None
 
     is_image = x.ndim == 4
-    if is_image and x.dtype == np.uint8:
-        x = x.astype(np.float32) / 255.0
-        if x_test is not None:
-            x_test = x_test.astype(np.float32) / 255.0
+    raw_divisor = 255.0 if is_image and x.dtype == np.uint8 else 1.0
     if x_test is None:
         keep, held = split_indices(len(x), 0.2, np.random.default_rng(options["seed"]),
                                    labels=y if classification else None)
         x, y, x_test, y_test = x[keep], y[keep], x[held], y[held]
     return _assemble(path.stem, "classification" if classification else "regression",
                      x, y, x_test, y_test, num_classes=num_classes, is_image=is_image,
-                     flip=False, source=source, **options)
+                     flip=False, source=source, raw_divisor=raw_divisor, **options)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -827,7 +882,7 @@ def _sklearn_arrays(name: str) -> tuple[np.ndarray, np.ndarray, str]:
 
     if name == "digits":
         bunch = datasets.load_digits()
-        return bunch.data / 16.0, bunch.target, "classification"  # pixels 0..16 -> [0, 1]
+        return bunch.data, bunch.target, "classification"  # pixels 0..16
     if name == "breast-cancer":
         bunch = datasets.load_breast_cancer()
         return bunch.data, bunch.target, "classification"
@@ -905,16 +960,15 @@ def load_dataset(name_or_path: str | os.PathLike, *, data_dir: str | os.PathLike
     if name in ("fashion-mnist", "mnist"):
         folder = find_idx_folder(name, data_dir, download=download)
         x_train, y_train, x_test, y_test = load_idx_folder(folder)
-        return _assemble(name, "classification", x_train[..., None] / np.float32(255.0),
-                         y_train, x_test[..., None] / np.float32(255.0), y_test,
+        return _assemble(name, "classification", x_train[..., None], y_train, x_test[..., None], y_test,
                          num_classes=10, is_image=True, flip=name == "fashion-mnist",
-                         source=str(folder), **subsample, **options)
+                         source=str(folder), raw_divisor=255.0, **subsample, **options)
     if name == "cifar10":
         folder = find_cifar10_folder(data_dir)
         x_train, y_train, x_test, y_test = load_cifar10_folder(folder)
-        return _assemble(name, "classification", x_train / np.float32(255.0), y_train,
-                         x_test / np.float32(255.0), y_test, num_classes=10, is_image=True,
-                         flip=False, source=str(folder), **subsample, **options)
+        return _assemble(name, "classification", x_train, y_train, x_test, y_test, num_classes=10,
+                         is_image=True, flip=False, source=str(folder), raw_divisor=255.0,
+                         **subsample, **options)
     if name in ("digits", "breast-cancer", "wine", "diabetes"):
         x, y, task = _sklearn_arrays(name)
         keep, held = split_indices(len(x), 0.2, np.random.default_rng(seed),
@@ -922,7 +976,8 @@ def load_dataset(name_or_path: str | os.PathLike, *, data_dir: str | os.PathLike
         num_classes = int(y.max()) + 1 if task == "classification" else None
         return _assemble(name, task, x[keep], y[keep], x[held], y[held],
                          num_classes=num_classes, is_image=False, flip=False,
-                         source=f"sklearn.datasets ({name})", **subsample, **options)
+                         source=f"sklearn.datasets ({name})", raw_divisor=16.0 if name == "digits" else 1.0,
+                         **subsample, **options)
     if name == "mnist1d":
         x_train, y_train, x_test, y_test = _mnist1d_arrays()
         return _assemble(name, "classification", x_train, y_train, x_test, y_test,

@@ -375,12 +375,17 @@ def _check_devices(config: RunConfig) -> None:
 
 # ----------------------------------------------------------------------------- evaluation
 
-def compact_predictions(net, x: np.ndarray, task: str) -> np.ndarray:
-    """Class probabilities ``[N, C]`` or means ``[N, out]`` of a (compact) network."""
+def compact_outputs(net, x: np.ndarray) -> np.ndarray:
+    """Outputs ``[N, out]`` (logits or means) of a (compact) network."""
     from flax import nnx
     graphdef, state = nnx.split(net)
     forward = jax.jit(lambda s, xb: nnx.merge(graphdef, s)(xb))  # weights as arguments, not constants
-    outputs = posterior.batched(lambda xb: forward(state, xb), np.asarray(x, np.float32), 2048)
+    return posterior.batched(lambda xb: forward(state, xb), np.asarray(x, np.float32), 2048)
+
+
+def compact_predictions(net, x: np.ndarray, task: str) -> np.ndarray:
+    """Class probabilities ``[N, C]`` or means ``[N, out]`` of a (compact) network."""
+    outputs = compact_outputs(net, x)
     return np.asarray(jax.nn.softmax(outputs, -1)) if task == "classification" else outputs
 
 
@@ -549,7 +554,7 @@ def evaluate_fitted(bnn: SparseBNN, params: Mapping[str, jax.Array], masks: Mask
     write_json(out / REPORT_FILE, compression.to_dict())
     compact_io.save_compact(out / COMPACT_DIR, compact_net, params_samples=compact_samples, metadata={
         "task": task, "data": dataset.name, "noise_std": noise, "threshold": float(config.threshold),
-        "compact_metrics": result["compact"]})
+        "compact_metrics": result["compact"], "preprocessing": dataset.preprocessing()})
     result.update(
         kept_units={l.name: l.kept for l in compression.layers if l.prunable},
         total_units={l.name: l.total for l in compression.layers if l.prunable},

@@ -49,6 +49,7 @@ __all__ = [
     "read_idx",
     "read_cifar10_binary_batch",
     "read_cifar10_python_batch",
+    "read_csv",
 ]
 
 DATASET_NAMES: tuple[str, ...] = (
@@ -768,7 +769,7 @@ def _assemble(name: str, task: str, x_train: np.ndarray, y_train: np.ndarray,
 _INTEGER = re.compile(r"^[+-]?\d+$")
 
 
-def _read_csv(path: Path, with_target: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+def read_csv(path: Path, with_target: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """Numeric CSV, optional header row, last column the target (``None`` without one).
 
     Integer-looking targets (no decimal point) give int64 labels, anything else float64.
@@ -827,7 +828,7 @@ def _load_user_file(path: Path, **options: Any) -> Dataset:
             if "x_test" in archive:
                 x_test, y_test = archive["x_test"], archive["y_test"]
     elif path.suffix == ".csv":
-        x, y = _read_csv(path)
+        x, y = read_csv(path)
     else:
         raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use .npz or .csv")
 

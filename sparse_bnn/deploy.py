@@ -21,6 +21,7 @@ posterior-mean weights alone (the run's ``compact`` metrics)::
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -32,7 +33,7 @@ import jax
 import numpy as np
 
 from sparse_bnn import compact_io, posterior
-from sparse_bnn.data import IDX_IMAGES_MAGIC, DataNotFoundError, _read_csv, prepare_inputs, read_idx
+from sparse_bnn.data import IDX_IMAGES_MAGIC, DataNotFoundError, prepare_inputs, read_csv, read_idx
 from sparse_bnn.nets import FunctionalNet
 from sparse_bnn.run import COMPACT_DIR, compact_outputs, load_run_dataset, read_run
 
@@ -61,7 +62,7 @@ def read_inputs(path: str | os.PathLike) -> np.ndarray:
                 return archive[archive.files[0]]
             raise ValueError(f"{path}: holds arrays {sorted(archive.files)}; name the inputs 'x'")
     if name.endswith(".csv"):
-        return _read_csv(path, with_target=False)[0]
+        return read_csv(path, with_target=False)[0]
     if "idx" in name or name.removesuffix(".gz").endswith("-ubyte"):
         return read_idx(path, IDX_IMAGES_MAGIC)
     raise ValueError(f"{path}: unknown input file type; use .npy, .npz (array 'x'), .csv or an IDX image file")
@@ -171,21 +172,9 @@ def write_predictions(path: str | os.PathLike | None, predictions: dict[str, np.
         return
     columns = _columns(predictions)
     rows = zip(*(values.tolist() for values in columns.values()))
-    with (open(path, "w", newline="") if path is not None else _unclosed(stream or sys.stdout)) as handle:
+    with open(path, "w", newline="") if path is not None else contextlib.nullcontext(stream or sys.stdout) as handle:
         writer = csv.writer(handle)
         writer.writerow(columns)
         writer.writerows(([value if isinstance(value, int) else f"{value:.6g}" for value in row]
                           for row in rows))
 
-
-class _unclosed:
-    """A context manager that leaves the stream open."""
-
-    def __init__(self, stream: IO[str]):
-        self.stream = stream
-
-    def __enter__(self) -> IO[str]:
-        return self.stream
-
-    def __exit__(self, *exc) -> None:
-        self.stream.flush()

@@ -70,3 +70,6 @@ echo "== fitting SS-GHS on $DATA, MLP widths $WIDTHS, $EPOCHS epochs -> $OUT"
 "${BNN[@]}" fit --data "$DATA" --net mlp --widths "$WIDTHS" --prior ss-ghs --validation-fraction 0.1 \
     --epochs "$EPOCHS" --batch-size "$BATCH" --lr 3e-3 --indicator-lr 1e-2 --rho-init -3 --shrink \
     --seed 0 --out "$OUT" --resume
+echo "== the compact model is in $OUT/compact; predict new examples (in the data set's units, e.g. pixel"
+echo "   values 0-255 for Fashion-MNIST) with"
+echo "   .venv/bin/python -m sparse_bnn predict $OUT IMAGES.npy --out predictions.csv"

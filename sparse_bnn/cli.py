@@ -8,12 +8,13 @@
 
 Exit codes: 0 success; 2 bad input (unknown names, missing or corrupt data, a run directory
 that must not be touched); 3 the loss diverged (the last good checkpoint is kept);
-130 interrupted.
+130 interrupted. Output cut short by its reader (``sparse-bnn predict ... | head``) ends quietly with 0.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Sequence
 
@@ -247,6 +248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = " (continue with --resume)" if args.command == "fit" else ""
         print(f"sparse-bnn: interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader stopped early (sparse-bnn predict ... | head): end quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail too
+        return EXIT_OK
 
 
 if __name__ == "__main__":

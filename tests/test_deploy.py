@@ -159,6 +159,14 @@ def test_cli_predict(image_run, tmp_path):
     assert [int(row["label"]) for row in rows] == expected["label"].tolist()
     assert list(rows[0]) == ["label", "entropy", "mutual_information"] + [f"p{k}" for k in range(10)]
 
+    np.save(tmp_path / "many.npy", np.concatenate([arrays["x_test"]] * 3))  # more CSV than a pipe buffers
+    reader = subprocess.Popen(command + [str(tmp_path / "many.npy")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env)
+    assert reader.stdout.readline().startswith("label,")
+    reader.stdout.close()  # as `| head -1` does
+    assert reader.wait(timeout=300) == 0
+    assert "Traceback" not in reader.stderr.read()
+
     np.save(tmp_path / "wrong.npy", arrays["x_test"][:5, :7])
     result = subprocess.run(command + [str(tmp_path / "wrong.npy"), "--out", str(tmp_path / "p.csv")],
                             capture_output=True, text=True, env=env)

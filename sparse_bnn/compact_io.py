@@ -53,7 +53,7 @@ PARAMS = "params.msgpack"
 STATE = "state.msgpack"
 SAMPLES = "samples.msgpack"
 
-__all__ = ["FORMAT_VERSION", "load_compact", "load_compact_samples", "save_compact"]
+__all__ = ["FORMAT_VERSION", "load_compact", "load_compact_samples", "read_architecture", "save_compact"]
 
 
 def _split_state(net: nnx.Module) -> tuple[dict[Path, Any], dict[Path, Any]]:
@@ -128,7 +128,9 @@ def save_compact(path: str | os.PathLike, net: nnx.Module,
         raise
 
 
-def _read_architecture(directory: FilePath) -> dict:
+def read_architecture(directory: str | os.PathLike) -> dict:
+    """``architecture.json`` of a saved compact model, checked (format, version, required keys)."""
+    directory = FilePath(directory)
     file = directory / ARCHITECTURE
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory} is not a saved compact model (no such directory)")
@@ -189,7 +191,7 @@ def _fill(net: nnx.Module, variable_type, arrays: Mapping[str, np.ndarray], dire
 def load_compact(path: str | os.PathLike) -> nnx.Module:
     """The network saved at ``path`` (an ordinary ``nnx.Module`` of the registered class)."""
     directory = FilePath(path)
-    architecture = _read_architecture(directory)
+    architecture = read_architecture(directory)
     params = _read_arrays(directory / PARAMS, architecture["param_shapes"])
     state_shapes = architecture.get("state_shapes") or {}
     state = _read_arrays(directory / STATE, state_shapes) if state_shapes else {}
@@ -206,7 +208,7 @@ def load_compact_samples(path: str | os.PathLike) -> tuple[nnx.Module, dict[Path
     Use the samples with ``jax.vmap(FunctionalNet(net).apply, in_axes=(0, None))``.
     """
     directory = FilePath(path)
-    architecture = _read_architecture(directory)
+    architecture = read_architecture(directory)
     if architecture.get("num_samples") is None:
         raise ValueError(f"{directory} was saved without posterior samples; use load_compact")
     net = load_compact(directory)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import os
 import sys
 from pathlib import Path
@@ -71,15 +70,20 @@ def read_inputs(path: str | os.PathLike) -> np.ndarray:
 def run_preprocessing(run_dir: str | os.PathLike, data_dir: str | None = None) -> dict:
     """The preprocessing recorded with the run's compact model; for runs saved before it was
     recorded, recomputed from the training data named in the run's ``config.json``."""
+    return _read_model(run_dir, data_dir)[1]
+
+
+def _read_model(run_dir: str | os.PathLike, data_dir: str | None) -> tuple[dict, dict]:
+    """``(architecture.json, preprocessing)`` of a finished run's compact model."""
     run_dir = Path(run_dir)
-    config, _ = read_run(run_dir)
-    metadata = json.loads((run_dir / COMPACT_DIR / compact_io.ARCHITECTURE).read_text()).get("metadata", {})
-    if "preprocessing" in metadata:
-        return metadata["preprocessing"]
+    config, _ = read_run(run_dir)  # first: its message says what is wrong with a directory that is no run
+    architecture = compact_io.read_architecture(run_dir / COMPACT_DIR)
+    if "preprocessing" in architecture.get("metadata", {}):
+        return architecture, architecture["metadata"]["preprocessing"]
     if data_dir is not None:
         config.data_dir = data_dir
     try:
-        return load_run_dataset(config).preprocessing()
+        return architecture, load_run_dataset(config).preprocessing()
     except DataNotFoundError as error:
         raise DataNotFoundError(f"{run_dir} was saved without its preprocessing, which is recomputed from its "
                                 f"training data; {error}") from error
@@ -103,12 +107,10 @@ def predict_run(run_dir: str | os.PathLike, x: np.ndarray, *, samples: bool = Tr
     Raises:
       ValueError: not a finished run, or inputs of the wrong shape or with NaN/inf.
     """
-    run_dir = Path(run_dir)
-    preprocessing = run_preprocessing(run_dir, data_dir)
+    architecture, preprocessing = _read_model(run_dir, data_dir)
     x = prepare_inputs(x, preprocessing, source)
-    model_dir = run_dir / COMPACT_DIR
-    metadata = json.loads((model_dir / compact_io.ARCHITECTURE).read_text())
-    if samples and metadata.get("num_samples"):
+    model_dir = Path(run_dir) / COMPACT_DIR
+    if samples and architecture.get("num_samples"):
         net, draws = compact_io.load_compact_samples(model_dir)
         apply = FunctionalNet(net).apply
         outputs_fn = jax.jit(lambda s, xb: posterior.sampled_outputs(apply, s, xb))
@@ -119,7 +121,7 @@ def predict_run(run_dir: str | os.PathLike, x: np.ndarray, *, samples: bool = Tr
     outputs = np.asarray(outputs, np.float64)
     if preprocessing["task"] == "classification":
         return _class_predictions(outputs, samples)
-    return _regression_predictions(outputs, metadata["metadata"].get("noise_std") or 0.0, preprocessing)
+    return _regression_predictions(outputs, architecture["metadata"].get("noise_std") or 0.0, preprocessing)
 
 
 def _entropy(probs: np.ndarray) -> np.ndarray:

@@ -602,7 +602,7 @@ def evaluate_run(run_dir: str | os.PathLike, *, data_dir: str | None = None) -> 
     if data_dir is not None:
         config.data_dir = data_dir
     dataset = load_run_dataset(config)
-    architecture = json.loads((run_dir / COMPACT_DIR / compact_io.ARCHITECTURE).read_text())
+    architecture = compact_io.read_architecture(run_dir / COMPACT_DIR)
     noise = architecture.get("metadata", {}).get("noise_std")
     net = compact_io.load_compact(run_dir / COMPACT_DIR)
     result = {"compact": score(compact_predictions(net, dataset.x_test, dataset.task), dataset, noise=noise)}

@@ -1,4 +1,4 @@
-"""Bayesian model reduction during training (``math.md`` §6, issue 6).
+"""Bayesian model reduction during training (``math.md`` §6).
 
 Fit a simple model with a Gaussian slab (the flat prior, or any prior of the library in its
 non-centred form) by SVI, score every reduced model in closed form from the guide's Gaussian
@@ -8,8 +8,10 @@ posterior, and keep training the reduced model:
 * :func:`elementwise_masks`: prune entries with ``Delta F > zeta`` (learned per-layer rate);
 * :func:`node_reduction` / :func:`node_keep_masks`: sum ``Delta F`` over each unit's group and
   switch whole units off, which :mod:`sparse_bnn.prune` turns into a compact network;
-* :func:`fit_with_bmr`: warm-up SVI epochs, then a jitted reduction after every epoch;
-  node-wise, it can also shrink the network physically while it trains (``shrink=``).
+* :class:`Reduction`: the training-loop hook: warm-up SVI epochs, then a jitted reduction after
+  every epoch; :class:`NodeBMRRule` makes :class:`sparse_bnn.shrink.Shrink` remove the units
+  node-wise BMR prunes, so the network shrinks physically while it trains;
+* :func:`fit_with_bmr`: ``fit`` with either of them.
 
 >>> bnn = SparseBNN(MLP(784, (400, 400), 10, rngs=nnx.Rngs(0)), Flat(), n_data=60000)
 >>> result = fit_with_bmr(bnn, x, y, mode="nodewise", warmup_epochs=5, epochs=20)
@@ -22,24 +24,21 @@ so changing their values never recompiles the training epoch.
 from __future__ import annotations
 
 import dataclasses
-
 import time
-from pathlib import Path as FilePath
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from sparse_bnn import bmr
-from sparse_bnn.fit import (CHECKPOINT_INTERVAL, FitResult, TrainState, check_checkpoint_interval, epoch_summary,
-                            init_state, load_checkpoint, make_epoch, make_step, make_validation, run_epochs,
-                            validate_data)
 from sparse_bnn.guide import softplus
 from sparse_bnn.model import Masks, SparseBNN
 from sparse_bnn.nets.base import UnitLayer, unit_broadcast
-from sparse_bnn.shrink import ShrinkSchedule, fewest_first, fit_shrinking
+from sparse_bnn.shrink import Shrink, ShrinkSchedule, fewest_first
+from sparse_bnn.train.hooks import Hook
+from sparse_bnn.train.loop import fit
+from sparse_bnn.train.state import FitResult
 
 MODES = ("elementwise", "nodewise")
 NODE_THRESHOLDS = ("zero", "learned")
@@ -291,7 +290,7 @@ def keep_from_node_scores(scores: Mapping[str, jax.Array], masks: Masks, thresho
 
 
 class NodeBMRRule:
-    """:func:`sparse_bnn.shrink.fit_shrinking`'s removal rule for node-wise BMR: after every epoch
+    """The removal rule of :class:`sparse_bnn.shrink.Shrink` for node-wise BMR: after every epoch
     from ``warmup_epochs`` on, the units :func:`node_keep_masks` prunes (capped per step, largest
     ``Delta F`` first) are removed and the network shrinks as with the ``gamma`` rule."""
 
@@ -308,7 +307,7 @@ class NodeBMRRule:
 
     def __call__(self, bnn, state, tracker, schedule, epoch):
         if epoch < self.warmup_epochs:
-            return {}
+            return {}, tracker
         if bnn is not self._model:  # a new (shrunk) model: new shapes, compile again
             ratio, threshold, n_iter, fraction = self.options
             self._model = bnn
@@ -324,7 +323,7 @@ class NodeBMRRule:
             alive = np.asarray(state.masks.units[name]) > 0.5
             gone[name] = fewest_first(np.flatnonzero(alive & (kept < 0.5)), -delta_f[name], alive,
                                       schedule.min_units)
-        return gone
+        return gone, tracker
 
 
 # ----------------------------------------------------------------------------------------------
@@ -491,127 +490,118 @@ def make_reduction_step(bnn: SparseBNN, mode: str, reduced_var_ratio: float = DE
     return jax.jit(step)
 
 
-def fit_with_bmr(bnn: SparseBNN, x, y, *, mode: str = "elementwise", warmup_epochs: int | None = None,
-                 epochs: int, batch_size: int = 1024, optimizer: optax.GradientTransformation | None = None,
-                 seed: int = 0, augment: Callable | None = None, progress: bool = True,
-                 validation: tuple[Any, Any] | None = None, checkpoint_dir: str | FilePath | None = None,
-                 resume: bool = False, callbacks: Sequence[Callable[[int, dict, TrainState], None]] = (),
-                 masks: Masks | None = None, init_params: Mapping[str, jax.Array] | None = None,
-                 reduced_var_ratio: float = DEFAULT_REDUCED_VAR_RATIO, node_threshold: str = "zero",
-                 n_iter: int = 10, max_prune_fraction: float = DEFAULT_MAX_PRUNE_FRACTION,
-                 shrink: ShrinkSchedule | None = None, checkpoint_interval: float = CHECKPOINT_INTERVAL
-                 ) -> FitResult:
-    """SVI with iterative Bayesian model reduction (issue 6, ``math.md`` §6).
-
-    ``warmup_epochs`` plain SVI epochs, then after every epoch ``e >= warmup_epochs`` a jitted
-    reduction updates ``TrainState.masks`` and SVI continues on the reduced model:
+class Reduction(Hook):
+    """The hook of iterative Bayesian model reduction (``math.md`` §6): after every epoch from
+    ``warmup_epochs`` on, a jitted reduction updates the masks and SVI goes on with the reduced model.
 
     * ``mode="elementwise"``: weight masks, prune entries with ``Delta F > zeta_l`` (learned
       per-layer inclusion rate); units left with no entries (or no outputs) are switched off too.
     * ``mode="nodewise"``: unit masks, switch off units with group ``Delta F > 0``
       (``node_threshold="learned"`` for the learned per-layer rate; see :func:`node_keep_masks`).
 
-    Pruned entries and units stay pruned; the output layer is never pruned. The epoch is
-    compiled once (masks are jit data with a fixed structure); with ``shrink`` (node-wise only)
-    the pruned units are removed physically and the network shrinks while it trains
-    (:func:`sparse_bnn.shrink.fit_shrinking` with :class:`NodeBMRRule`).
+    Pruned entries and units stay pruned; the output layer is never pruned. Masks are jit data
+    with a fixed structure (:func:`full_masks`), so the epoch compiles once. To remove the pruned
+    units physically while training, use ``Shrink(rule=NodeBMRRule(...))`` instead.
 
     Args:
-      bnn: a non-centred model with a Gaussian slab (``Flat()`` is the intended one).
       mode: ``"elementwise"`` or ``"nodewise"``.
-      warmup_epochs: SVI epochs before the first reduction (default: :func:`default_warmup_epochs`,
-        5 epochs, or half of a run shorter than 10).
-      epochs, batch_size, optimizer, seed, augment, progress, validation, checkpoint_dir, resume,
-        callbacks, masks, init_params, checkpoint_interval: as in :func:`sparse_bnn.fit.fit`.
+      warmup_epochs: SVI epochs before the first reduction (``None``: :func:`default_warmup_epochs`
+        of the run's epochs).
       reduced_var_ratio: ``g^2 / sigma_0^2`` of a pruned entry's reduced prior.
       node_threshold: ``"zero"`` or ``"learned"`` (node-wise mode).
       n_iter: fixed-point iterations of the learned inclusion rate.
       max_prune_fraction: at most this share of a layer's live units (node-wise) or entries
         (element-wise) is pruned per reduction step, those with the largest ``Delta F``
         (:func:`cap_pruning`); ``1.0`` prunes every candidate at once.
-      shrink: a :class:`~sparse_bnn.shrink.ShrinkSchedule` whose ``bucket``, ``shrink_factor``
-        and ``min_units`` shape the shrinking (its ``warmup_epochs``, ``threshold`` and
-        ``patience`` belong to the ``gamma`` rule and are not used); node-wise mode only.
+
+    History fields: ``pruned_fraction`` (of all weight entries), ``bmr_seconds`` (the reduction's
+    wall-clock, 0 in warm-up epochs) and, element-wise, ``zeta`` per layer.
+    """
+
+    name = "bmr"
+    modifies_model = True
+
+    def __init__(self, mode: str = "elementwise", warmup_epochs: int | None = None, *,
+                 reduced_var_ratio: float = DEFAULT_REDUCED_VAR_RATIO, node_threshold: str = "zero",
+                 n_iter: int = 10, max_prune_fraction: float = DEFAULT_MAX_PRUNE_FRACTION):
+        if mode not in MODES:
+            raise ValueError(f"unknown BMR mode {mode!r}; choose one of {MODES}")
+        if node_threshold not in NODE_THRESHOLDS:
+            raise ValueError(f"unknown node threshold {node_threshold!r}; choose one of {NODE_THRESHOLDS}")
+        if not 0.0 < float(max_prune_fraction) <= 1.0:
+            raise ValueError(f"max_prune_fraction must lie in (0, 1], got {max_prune_fraction}")
+        self.mode, self.warmup_epochs = mode, warmup_epochs
+        self.options = (reduced_var_ratio, node_threshold, n_iter, max_prune_fraction)
+        self._model = None
+
+    def init(self, fitting, info):
+        _check_bnn(fitting.bnn)
+        self._warmup = resolve_warmup_epochs(self.warmup_epochs, info.epochs)
+        state = fitting.state._replace(masks=full_masks(fitting.bnn, self.mode, fitting.state.masks))
+        return fitting._replace(state=state), None
+
+    def _programs(self, bnn: SparseBNN, state):
+        if bnn is not self._model:  # compiled now, so that bmr_seconds times the reduction alone
+            self._model = bnn
+            self._reduce = make_reduction_step(bnn, self.mode, *self.options).lower(
+                state.params, state.masks).compile()
+            self._count_live = jax.jit(lambda masks: sum(jnp.sum(v) for v in live_entries(bnn, masks).values()))
+            self._total = sum(int(np.prod(s)) for s in bnn.shapes.values())
+        return self._reduce, self._count_live
+
+    def update(self, fitting, hook_state, record):
+        reduce, count_live = self._programs(fitting.bnn, fitting.state)
+        state, fields = fitting.state, {"bmr_seconds": 0.0}
+        if record["epoch"] >= self._warmup:
+            started = time.perf_counter()
+            masks, reduction = reduce(state.params, state.masks)
+            masks = jax.block_until_ready(masks)
+            fields["bmr_seconds"] = time.perf_counter() - started
+            state = state._replace(masks=masks)
+            if self.mode == "elementwise":
+                fields["zeta"] = {k: float(v) for k, v in reduction.zeta.items()}
+        fields["pruned_fraction"] = 1.0 - float(count_live(state.masks)) / self._total
+        return fitting._replace(state=state), hook_state, fields
+
+    def progress(self, record):
+        return {"pruned": f"{record['pruned_fraction']:.3f}"} if "pruned_fraction" in record else {}
+
+
+def fit_with_bmr(bnn: SparseBNN, x, y, *, mode: str = "elementwise", warmup_epochs: int | None = None,
+                 epochs: int, reduced_var_ratio: float = DEFAULT_REDUCED_VAR_RATIO, node_threshold: str = "zero",
+                 n_iter: int = 10, max_prune_fraction: float = DEFAULT_MAX_PRUNE_FRACTION,
+                 shrink: ShrinkSchedule | None = None, hooks: Sequence[Hook] = (), **fit_kwargs) -> FitResult:
+    """:func:`sparse_bnn.train.fit` with Bayesian model reduction: the :class:`Reduction` hook, or
+    with ``shrink`` (node-wise only) ``Shrink(shrink, NodeBMRRule(...))``, which removes the
+    pruned units physically while training (its ``bucket``, ``shrink_factor`` and ``min_units``
+    shape the shrinking; ``warmup_epochs``, ``threshold`` and ``patience`` belong to the
+    ``gamma`` rule and are not used).
+
+    Args:
+      bnn: a non-centred model with a Gaussian slab (``Flat()`` is the intended one).
+      mode, warmup_epochs, reduced_var_ratio, node_threshold, n_iter, max_prune_fraction: as in
+        :class:`Reduction`.
+      epochs, **fit_kwargs: as in :func:`sparse_bnn.train.fit` (devices, streaming, resume, ...).
 
     Returns:
-      :class:`FitResult` whose ``state.masks`` holds the final masks (pass them to
-      ``posterior_mean_params``/``predict``/``kept_units``). History records are those of ``fit``
-      plus ``pruned_fraction`` (of all weight entries), ``live_units`` per prunable layer,
-      ``bmr_seconds`` (the reduction step's wall-clock, 0 in warm-up epochs) and ``zeta``.
-      With ``shrink``: a :class:`~sparse_bnn.shrink.ShrinkResult` (the final, smaller model and
-      the original index of each of its units) with ``fit_shrinking``'s history records.
+      :class:`~sparse_bnn.train.state.FitResult` whose ``state.masks`` holds the final masks
+      (pass them to ``posterior_mean_params``/``predict``/``kept_units``); with ``shrink`` its
+      ``bnn`` is the final, smaller model and ``unit_origin`` maps its units to the original ones.
     """
     _check_bnn(bnn)
     if mode not in MODES:
         raise ValueError(f"unknown BMR mode {mode!r}; choose one of {MODES}")
-    if int(epochs) < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
-    warmup_epochs = resolve_warmup_epochs(warmup_epochs, epochs)
-    if int(batch_size) <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if shrink is None:
+        reduction = Reduction(mode, warmup_epochs, reduced_var_ratio=reduced_var_ratio,
+                              node_threshold=node_threshold, n_iter=n_iter, max_prune_fraction=max_prune_fraction)
+        return fit(bnn, x, y, epochs=epochs, hooks=[reduction, *hooks], **fit_kwargs)
+    if mode != "nodewise":
+        raise ValueError("shrinking removes whole units; element-wise BMR prunes single weights. "
+                         "Use mode='nodewise' with shrink, or leave shrink out")
     if not 0.0 < float(max_prune_fraction) <= 1.0:
         raise ValueError(f"max_prune_fraction must lie in (0, 1], got {max_prune_fraction}")
     if node_threshold not in NODE_THRESHOLDS:
         raise ValueError(f"unknown node threshold {node_threshold!r}; choose one of {NODE_THRESHOLDS}")
-    if resume and checkpoint_dir is None:
-        raise ValueError("resume=True needs checkpoint_dir")
-    if shrink is not None:
-        if mode != "nodewise":
-            raise ValueError("shrinking removes whole units; element-wise BMR prunes single weights. "
-                             "Use mode='nodewise' with shrink, or leave shrink out")
-        rule = NodeBMRRule(warmup_epochs, reduced_var_ratio, node_threshold, n_iter, max_prune_fraction)
-        return fit_shrinking(bnn, x, y, epochs=epochs, shrink=shrink, batch_size=batch_size,
-                             optimizer=optimizer, seed=seed, augment=augment, progress=progress,
-                             validation=validation, checkpoint_dir=checkpoint_dir, resume=resume,
-                             callbacks=callbacks, masks=masks, init_params=init_params, rule=rule,
-                             checkpoint_interval=checkpoint_interval)
-    checkpoint_interval = check_checkpoint_interval(checkpoint_interval)
-    x, y = validate_data(bnn, x, y)
-    n_data = x.shape[0]
-    if n_data != bnn.n_data:
-        raise ValueError(f"the model was built for n_data={bnn.n_data} but x has {n_data} rows")
-    batch_size = min(int(batch_size), n_data)
-    optimizer = optimizer if optimizer is not None else optax.adam(1e-3)
-    state = init_state(bnn, optimizer, seed, full_masks(bnn, mode, masks), init_params)
-    history: list[dict] = []
-    if resume:
-        restored = load_checkpoint(checkpoint_dir, state)
-        if restored is not None:
-            state, history = restored
-    x_device, y_device = jnp.asarray(x), jnp.asarray(y)
-    epoch_fn = jax.jit(make_epoch(make_step(bnn, optimizer, augment), n_data, batch_size), donate_argnums=0)
-    reduce_fn = make_reduction_step(bnn, mode, reduced_var_ratio, node_threshold, n_iter, max_prune_fraction)
-    started = time.perf_counter()
-    compiled = epoch_fn.lower(state, x_device, y_device).compile()
-    compiled_reduce = reduce_fn.lower(state.params, state.masks).compile()
-    compile_seconds = time.perf_counter() - started
-    evaluate = make_validation(bnn, validation)
-    total_weights = sum(int(np.prod(s)) for s in bnn.shapes.values())
-    count_live = jax.jit(lambda m: sum(jnp.sum(v) for v in live_entries(bnn, m).values()))
-
-    def finish_epoch(state: TrainState, record: dict) -> TrainState:
-        bmr_seconds, zeta = 0.0, {}
-        if int(state.epoch) >= warmup_epochs:
-            started = time.perf_counter()
-            new_masks, reduction = compiled_reduce(state.params, state.masks)
-            new_masks = jax.block_until_ready(new_masks)
-            bmr_seconds = time.perf_counter() - started
-            state = state._replace(masks=new_masks)
-            zeta = {k: float(v) for k, v in reduction.zeta.items()} if mode == "elementwise" else {}
-        record["pruned_fraction"] = 1.0 - float(count_live(state.masks)) / total_weights
-        record["bmr_seconds"] = bmr_seconds
-        if zeta:
-            record["zeta"] = zeta
-        record.update(epoch_summary(bnn, state, evaluate))
-        return state
-
-    state = run_epochs(
-        state, history, epochs=epochs, run_epoch=lambda state: compiled(state, x_device, y_device),
-        finish_epoch=finish_epoch,
-        result=lambda state: FitResult(bnn, state.params, history, state, compile_seconds),
-        checkpoint_dir=checkpoint_dir, checkpoint_interval=checkpoint_interval, callbacks=callbacks,
-        progress=progress, description=f"epochs (BMR {mode})",
-        postfix=lambda record: {"pruned": f"{record['pruned_fraction']:.3f}"})
-    return FitResult(bnn, state.params, history, state, compile_seconds)
-
-
+    rule = NodeBMRRule(resolve_warmup_epochs(warmup_epochs, epochs), reduced_var_ratio, node_threshold, n_iter,
+                       max_prune_fraction)
+    return fit(bnn, x, y, epochs=epochs, hooks=[Shrink(shrink, rule), *hooks], **fit_kwargs)

@@ -2,8 +2,9 @@
 the physically smaller network.
 
 Most units of a spike-and-slab network are switched off early (``gamma -> 0``), yet every epoch
-of :func:`sparse_bnn.fit.fit` still pays for the full dense network. :func:`fit_shrinking` runs
-the same epochs and, after a warm-up,
+of :func:`sparse_bnn.train.fit` still pays for the full dense network. The :class:`Shrink` hook
+(``fit(..., hooks=[Shrink()])``, or :func:`fit_shrinking`) runs the same epochs and, after a
+warm-up,
 
 1. counts, per unit, the consecutive epochs its inclusion probability ``gamma`` stayed below
    ``threshold``; a unit whose count reaches ``patience`` is *removed for good*: its unit mask
@@ -16,13 +17,13 @@ the same epochs and, after a warm-up,
    then. Removed units that fill a bucket stay as padding with unit mask 0.
 
 Which units go is a :class:`RemovalRule`: :class:`GammaRule` (step 1, the default) or
-node-wise Bayesian model reduction (``reduction.NodeBMRRule``, through
-``reduction.fit_with_bmr(mode="nodewise", shrink=...)``), for models without indicators.
+node-wise Bayesian model reduction (``reduction.NodeBMRRule``), for models without
+indicators. The hook runs on the training loop like any other, so shrinking works over a device
+mesh, with streamed data, and resumes from checkpoints (the tracker is part of them).
 
 Because widths only shrink, in steps of ``bucket`` units and only when some layer's width falls
 to ``shrink_factor`` (default 1/4) of its physical width or less, a run compiles at most
-``1 + sum_l ceil(k_l / bucket)`` times, and in practice about ``log4(k_l / bucket)`` (three
-compilations for SS-GHS on the Fashion-MNIST MLP 784-400-400-10)
+``1 + sum_l ceil(k_l / bucket)`` times, and in practice about ``log4(k_l / bucket)`` times.
 
 What "the same model" means. A removed unit ``j`` of layer ``l`` (mask 0, ``activation(0) = 0``)
 sends nothing downstream, so the likelihood never sees its own weights, its per-unit scales or
@@ -45,39 +46,31 @@ constant output cannot be folded into a *random* consumer bias.
 
 Example::
 
-    result = fit_shrinking(bnn, x, y, epochs=200, shrink=ShrinkSchedule(warmup_epochs=10))
+    result = fit(bnn, x, y, epochs=200, hooks=[Shrink(ShrinkSchedule(warmup_epochs=10))], devices=4)
     result.bnn            # the final, physically smaller model
     result.unit_origin    # {layer: original index of each final unit}
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-import os
-import tempfile
 import time
-from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple, Protocol, Sequence
+from typing import Any, Mapping, NamedTuple, Protocol, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
-from sparse_bnn.fit import (CHECKPOINT_INTERVAL, FitResult, TrainState, check_checkpoint_interval, epoch_summary,
-                            init_state, load_checkpoint, make_epoch, make_step, make_validation, run_epochs,
-                            save_checkpoint, validate_data)
 from sparse_bnn.model import Masks, SparseBNN
 from sparse_bnn.nets.base import UnitLayer, unit_broadcast
 from sparse_bnn.prune import check_keep, compact
+from sparse_bnn.train.hooks import Hook, unit_masks_with
+from sparse_bnn.train.loop import fit
+from sparse_bnn.train.state import FitResult, Fitting, TrainState
 
-SHRINK_FILE = "shrink.json"
 DEFAULT_THRESHOLD = 0.05  # floor of the default removal threshold, see ShrinkSchedule
 VARIATIONAL_SUFFIXES = ("loc", "rho", "logit")
 
-__all__ = ["GammaRule", "RemovalRule", "ShrinkSchedule", "ShrinkResult", "bucketed_width", "fewest_first", "fit_shrinking", "keep_from_origin",
-           "release_units", "removal_threshold", "shrunk_model", "site_unit_axes", "slice_masks",
+__all__ = ["GammaRule", "RemovalRule", "Shrink", "ShrinkResult", "ShrinkSchedule", "ShrinkTracker", "bucketed_width",
+           "fewest_first", "fit_shrinking", "keep_from_origin", "release_units", "removal_threshold", "shrunk_model", "site_unit_axes", "slice_masks",
            "slice_opt_state", "slice_sites", "slice_variational"]
 
 
@@ -91,13 +84,8 @@ class ShrinkSchedule(NamedTuple):
         fewer than 5% of the posterior's networks is off in the median model; the floor
         ``2 * lambda_l`` matters because a switched-off unit's ``gamma`` settles just above
         ``lambda_l`` (the Bernoulli KL pulls it there), so a fixed threshold below ``lambda_l``
-        never triggers. On Fashion-MNIST (MLP 784-400-400-10, ``lambda_l`` = 1.5e-3, 2.3e-3) a
-        full 200-epoch run never brought back a unit that had stayed below 0.05 for 3 epochs;
-        at 0.01, 90% of the finally-off units were below it by epoch 63, at ``2 * lambda_l`` only
-        by epoch 138. The floor was 0.01 until 2026-12-02: switched-off units then lingered at
-        full width for ~25 epochs between 0.5 and 0.01, and at 0.05 the main job's fit (SS-GHS,
-        300 epochs, seeds 0-2) takes 52-56 s instead of 69-70 s, with BMA accuracy 83.9-84.6%
-        (mean 84.3%) against 83.3-84.3% (mean 83.9%).
+        never triggers. Units that stay below 0.05 for a few epochs do not come back, while a
+        lower floor leaves switched-off units at full width for many epochs.
       patience: consecutive epochs (after the warm-up) below ``threshold`` before removal.
       bucket: physical widths are the alive units rounded up to a multiple of ``bucket``
         (capped at the original width); fewer, larger steps mean fewer recompilations.
@@ -106,15 +94,9 @@ class ShrinkSchedule(NamedTuple):
       shrink_factor: shrink physically only when some layer's bucketed width is at most this
         fraction of its physical width (all layers shrink then). ``1.0`` shrinks at every bucket
         drop; a factor ``f`` bounds recompilations by ``~log(k / bucket) / log(1 / f)`` per
-        layer however gradually units go, at the price of some padding. A rebuild of the MLP
-        784-400-400-10 costs ~3 s (flat prior) to ~5 s (SS-GHS) on 2 CPU cores, nearly all of it
-        the epoch's XLA compile (the evaluation and a BMR rule's reduction add 0.1-0.5 s each;
-        about five full epochs in all), and removals come in bursts, so the default is 0.25.
-        Fashion-MNIST, 2 cores, 2026-12-02: the main job (SS-GHS, 300 epochs) rebuilt 2 times
-        instead of 5 at 0.5 and its fit took 78-81 s instead of 87-90 s (0.125: 1 rebuild,
-        81 s); over 100 epochs (``benchmarks/bmr_vs_svi.py --repeats 3``) node-wise BMR's
-        accuracy settled after 23.9 s instead of 31.4 s and SS-GHS's after 45.0 s instead of
-        47.5 s (medians). Earlier, in 150 epochs: 0.75 needed 12 compilations, 0.5 needed 6.
+        layer however gradually units go, at the price of some padding. A rebuild costs
+        about one XLA compilation of the epoch, and removals come in bursts, so fewer, larger
+        rebuilds (the default 0.25) train faster than shrinking at every bucket drop.
     """
 
     warmup_epochs: int = 10
@@ -139,21 +121,6 @@ class ShrinkSchedule(NamedTuple):
         if int(self.min_units) < 1:
             raise ValueError(f"min_units must be >= 1 (a layer cannot vanish), got {self.min_units}")
         return self
-
-
-@dataclasses.dataclass
-class ShrinkResult(FitResult):
-    """:class:`~sparse_bnn.fit.FitResult` of a shrinking run, plus
-
-    * ``unit_origin``: ``{layer: int [final units]}``, the original index of each final unit
-      (padding units included; their unit mask in ``state.masks`` is 0);
-    * ``removed``: ``[{"epoch", "layer", "units"}]`` removal events in original numbering;
-    * ``compilations``: how many times the epoch was compiled (1 + number of shrinks).
-    """
-
-    unit_origin: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-    removed: list[dict] = dataclasses.field(default_factory=list)
-    compilations: int = 0
 
 
 # ----------------------------------------------------------------------------- slicing
@@ -370,29 +337,29 @@ def bucketed_width(alive: int, original: int, bucket: int) -> int:
     return min(int(original), int(bucket) * max(1, math.ceil(int(alive) / int(bucket))))
 
 
-# ----------------------------------------------------------------------------- training
+# ----------------------------------------------------------------------------- the hook
 
-@dataclasses.dataclass
-class _Tracker:
-    """Host-side bookkeeping of a shrinking run (all in the current physical numbering)."""
+class ShrinkTracker(NamedTuple):
+    """Host-side bookkeeping of a shrinking run (arrays in the current physical numbering).
+
+    ``original``: ``{layer: original width}``; ``origin``: ``{layer: int [physical units]}``, the
+    original index of each physical unit; ``below``: ``{layer: int [physical units]}``, the
+    consecutive epochs each unit has counted towards removal; ``removed``: removal events.
+    """
 
     original: dict[str, int]
-    origin: dict[str, np.ndarray]          # original index of each physical unit
-    below: dict[str, np.ndarray]           # consecutive epochs below threshold
-    removed: list[dict]
-    compilations: int = 0
+    origin: dict[str, np.ndarray]
+    below: dict[str, np.ndarray]
+    removed: tuple[dict, ...] = ()
 
-    def to_json(self, epoch: int) -> dict:
-        return {"epoch": epoch, "original": self.original,
-                "origin": {k: v.tolist() for k, v in self.origin.items()},
-                "below": {k: v.tolist() for k, v in self.below.items()},
-                "removed": self.removed, "compilations": self.compilations}
+    def to_json(self) -> dict:
+        return {"original": self.original, "origin": {k: v.tolist() for k, v in self.origin.items()},
+                "below": {k: v.tolist() for k, v in self.below.items()}, "removed": list(self.removed)}
 
     @classmethod
-    def from_json(cls, data: dict) -> "_Tracker":
+    def from_json(cls, data: Mapping[str, Any]) -> "ShrinkTracker":
         return cls(dict(data["original"]), {k: np.asarray(v, np.int64) for k, v in data["origin"].items()},
-                   {k: np.asarray(v, np.int64) for k, v in data["below"].items()},
-                   list(data["removed"]), int(data["compilations"]))
+                   {k: np.asarray(v, np.int64) for k, v in data["below"].items()}, tuple(data["removed"]))
 
 
 def removal_threshold(bnn: SparseBNN, layer: str, schedule: ShrinkSchedule) -> float:
@@ -400,13 +367,6 @@ def removal_threshold(bnn: SparseBNN, layer: str, schedule: ShrinkSchedule) -> f
     if schedule.threshold is not None:
         return float(schedule.threshold)
     return min(max(DEFAULT_THRESHOLD, 2.0 * float(bnn.inclusion[layer])), 0.25)
-
-
-def _removals(gamma: np.ndarray, alive: np.ndarray, below: np.ndarray, schedule: ShrinkSchedule
-              ) -> np.ndarray:
-    """Units (physical indices) to remove now: alive, patience reached, at least ``min_units`` left."""
-    candidates = np.flatnonzero(alive & (below >= schedule.patience))
-    return fewest_first(candidates, gamma, alive, schedule.min_units)
 
 
 def fewest_first(candidates: np.ndarray, priority: np.ndarray, alive: np.ndarray, min_units: int) -> np.ndarray:
@@ -421,14 +381,15 @@ def fewest_first(candidates: np.ndarray, priority: np.ndarray, alive: np.ndarray
 
 
 class RemovalRule(Protocol):
-    """What :func:`fit_shrinking` removes: after each epoch, ``{layer: physical unit indices}``
-    of alive units to remove now (``fewest_first`` keeps ``schedule.min_units``)."""
+    """What :class:`Shrink` removes: after each epoch, ``({layer: physical unit indices}, tracker)``,
+    the alive units to remove now (cut by :func:`fewest_first` to keep ``schedule.min_units``)
+    and the tracker with the rule's counters updated."""
 
     def layers(self, bnn: SparseBNN) -> list[UnitLayer]:
         """The layers whose units the rule removes (they carry unit masks from the start)."""
 
-    def __call__(self, bnn: SparseBNN, state: TrainState, tracker: "_Tracker", schedule: ShrinkSchedule,
-                 epoch: int) -> dict[str, np.ndarray]:
+    def __call__(self, bnn: SparseBNN, state: TrainState, tracker: ShrinkTracker, schedule: ShrinkSchedule,
+                 epoch: int) -> tuple[dict[str, np.ndarray], ShrinkTracker]:
         ...
 
 
@@ -442,20 +403,21 @@ class GammaRule:
             raise ValueError(f"the {bnn.prior.name} prior (freeze_indicators={bnn.freeze_indicators}) "
                              "has no trainable node indicators, so nothing tells which units to remove; "
                              "use a spike-and-slab prior (ss-ghs, ss-gl, ss-ig), node-wise BMR "
-                             "(reduction.fit_with_bmr(mode='nodewise', shrink=...)) or plain fit")
+                             "(Shrink(rule=reduction.NodeBMRRule(...))) or no shrinking")
         return layers
 
     def __call__(self, bnn, state, tracker, schedule, epoch):
         if epoch <= schedule.warmup_epochs:
-            return {}
-        gone = {}
+            return {}, tracker
+        gone, below = {}, {}
         for name in tracker.origin:
             gamma = np.asarray(jax.nn.sigmoid(state.params[f"{name}.z.logit"]))
             alive = np.asarray(state.masks.units[name]) > 0.5
-            below = tracker.below[name]
-            below[:] = np.where(alive & (gamma < removal_threshold(bnn, name, schedule)), below + 1, 0)
-            gone[name] = _removals(gamma, alive, below, schedule)
-        return gone
+            below[name] = np.where(alive & (gamma < removal_threshold(bnn, name, schedule)),
+                                   tracker.below[name] + 1, 0)
+            candidates = np.flatnonzero(alive & (below[name] >= schedule.patience))
+            gone[name] = fewest_first(candidates, gamma, alive, schedule.min_units)
+        return gone, tracker._replace(below=below)
 
 
 def _physical_keep(alive: np.ndarray, target: int) -> np.ndarray:
@@ -466,20 +428,10 @@ def _physical_keep(alive: np.ndarray, target: int) -> np.ndarray:
     return keep
 
 
-def _write_json(directory: Path, name: str, payload: dict) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, directory / name)
-
-
 def keep_from_origin(layers: Sequence[UnitLayer], origin: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """``{layer: bool [original units]}`` over the original network's ``layers``: True at the
-    indices ``origin[layer]`` lists (a :class:`ShrinkResult`'s ``unit_origin``, or a subset of
-    it), for the layers in ``origin``."""
+    indices ``origin[layer]`` lists (a result's ``unit_origin``, or a subset of it), for the
+    layers in ``origin``."""
     keep = {}
     for layer in layers:
         if layer.name in origin:
@@ -489,183 +441,118 @@ def keep_from_origin(layers: Sequence[UnitLayer], origin: Mapping[str, Any]) -> 
     return keep
 
 
-def fit_shrinking(bnn: SparseBNN, x, y, *, epochs: int, shrink: ShrinkSchedule = ShrinkSchedule(),
-                  batch_size: int = 1024, optimizer: optax.GradientTransformation | None = None,
-                  seed: int = 0, augment: Callable | None = None, progress: bool = True,
-                  validation: tuple[Any, Any] | None = None, checkpoint_dir: str | Path | None = None,
-                  resume: bool = False,
-                  callbacks: Sequence[Callable[[int, dict, TrainState], None]] = (),
-                  masks: Masks | None = None, init_params: Mapping[str, jax.Array] | None = None,
-                  rule: RemovalRule | None = None, checkpoint_interval: float = CHECKPOINT_INTERVAL
-                  ) -> ShrinkResult:
-    """:func:`sparse_bnn.fit.fit` that removes switched-off units and shrinks the network.
+class Shrink(Hook):
+    """The hook that removes units for good and shrinks the network while it trains.
 
-    Arguments as :func:`~sparse_bnn.fit.fit`, plus ``shrink`` (a :class:`ShrinkSchedule`) and
-    ``rule``, which decides the removals: :class:`GammaRule` (default; ``gamma`` below a
-    threshold for ``patience`` epochs) or node-wise Bayesian model reduction
-    (``reduction.NodeBMRRule``, what ``fit_with_bmr(mode="nodewise", shrink=...)`` passes).
-    ``callbacks`` receive the state of the *current* (possibly smaller) model. Runs on one
-    device with the data resident (fit's ``mesh``/``devices``/``streaming`` are not supported).
-
-    History records are fit's (``epoch, loss, nll, kl, kept, seconds``, validation) plus
-    ``removal_seconds`` (the rule's wall-clock), ``widths`` (physical units per layer after the epoch's shrink), ``alive`` (units not removed),
-    ``removed`` (``{layer: [original indices]}`` removed after this epoch) and ``compiled``
-    (whether the next epoch needed a recompilation). With ``checkpoint_dir`` the tracker state
-    (original index of each physical unit, below-threshold counters) is written to
-    ``shrink.json`` beside the checkpoint, so ``resume=True`` rebuilds the widths.
-
-    Returns:
-      :class:`ShrinkResult`: ``bnn`` is the final smaller model, ``params``/``state`` belong to
-      it, ``unit_origin`` maps its units to the original ones.
+    After every epoch ``rule`` (:class:`GammaRule` by default, or node-wise BMR's
+    ``reduction.NodeBMRRule``) names units to remove; their unit masks go to 0 and their
+    consumer rows are released (:func:`release_units`). When some layer's bucketed width falls
+    to ``schedule.shrink_factor`` of its physical width, every layer is rebuilt at its bucketed
+    width with the surviving parameters and optimiser state (:func:`shrink_state`), and the
+    loop recompiles the epoch. History fields: ``removal_seconds``, ``removed`` (``{layer:
+    [original indices]}``), ``compiled`` (the next epoch needed a recompilation), ``widths``
+    (physical units per layer) and ``alive`` (units not removed).
     """
-    shrink = ShrinkSchedule(*shrink).validate()
-    if int(epochs) < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
-    if int(batch_size) <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if resume and checkpoint_dir is None:
-        raise ValueError("resume=True needs checkpoint_dir")
-    checkpoint_interval = check_checkpoint_interval(checkpoint_interval)
-    rule = GammaRule() if rule is None else rule
-    shrinkable = rule.layers(bnn)
-    for layer in shrinkable:
-        if layer.inactive_output != 0.0:
-            raise ValueError(f"layer {layer.name!r} has activation(0) = {layer.inactive_output}; "
-                             "removed units would still send a constant downstream, which cannot "
-                             "be carried onto a smaller network. Use an activation with "
-                             "activation(0) = 0, or plain fit")
-    x, y = validate_data(bnn, x, y)
-    n_data = x.shape[0]
-    if n_data != bnn.n_data:
-        raise ValueError(f"the model was built for n_data={bnn.n_data} but x has {n_data} rows")
-    batch_size = min(int(batch_size), n_data)
-    optimizer = optimizer if optimizer is not None else optax.adam(1e-3)
 
-    # Every indicated layer carries a unit mask from the start, so removing a unit changes data,
-    # not the jitted function's signature.
-    masks = masks or Masks()
-    unit_masks = {l.name: jnp.ones(l.units, jnp.float32) for l in shrinkable}
-    unit_masks.update({k: jnp.asarray(v, jnp.float32) for k, v in masks.units.items()})
-    state = init_state(bnn, optimizer, seed, Masks(unit_masks, dict(masks.weights)), init_params)
-    tracker = _Tracker({l.name: l.units for l in shrinkable},
-                       {l.name: np.arange(l.units) for l in shrinkable},
-                       {l.name: np.zeros(l.units, np.int64) for l in shrinkable}, [])
-    history: list[dict] = []
-    if resume:
-        bnn, state, tracker, history = _resume(bnn, state, tracker, Path(checkpoint_dir))
-    saved_trackers = [tracker.to_json(int(state.epoch))]
+    name = "shrink"
+    modifies_model = True
 
-    x_device, y_device = jnp.asarray(x), jnp.asarray(y)
-    compile_seconds = 0.0
+    def __init__(self, schedule: ShrinkSchedule = ShrinkSchedule(), rule: RemovalRule | None = None):
+        self.schedule = ShrinkSchedule(*schedule).validate()
+        self.rule = GammaRule() if rule is None else rule
 
-    def compile_for(model: SparseBNN, template: TrainState):
-        nonlocal compile_seconds
+    def init(self, fitting, info):
+        bnn, state = fitting.bnn, fitting.state
+        shrinkable = self.rule.layers(bnn)
+        for layer in shrinkable:
+            if layer.inactive_output != 0.0:
+                raise ValueError(f"layer {layer.name!r} has activation(0) = {layer.inactive_output}; "
+                                 "removed units would still send a constant downstream, which cannot "
+                                 "be carried onto a smaller network. Use an activation with "
+                                 "activation(0) = 0, or no shrinking")
+        # Every shrinkable layer carries a unit mask from the start, so removing a unit changes
+        # data, not the jitted epoch's signature.
+        state = state._replace(masks=unit_masks_with(state.masks, shrinkable))
+        tracker = ShrinkTracker({l.name: l.units for l in shrinkable},
+                                {l.name: np.arange(l.units) for l in shrinkable},
+                                {l.name: np.zeros(l.units, np.int64) for l in shrinkable})
+        return fitting._replace(state=state), tracker
+
+    def update(self, fitting, tracker, record):
+        bnn, state = fitting.bnn, fitting.state
         started = time.perf_counter()
-        epoch_fn = jax.jit(make_epoch(make_step(model, optimizer, augment), n_data, batch_size),
-                           donate_argnums=0)
-        compiled = epoch_fn.lower(template, x_device, y_device).compile()
-        compile_seconds += time.perf_counter() - started
-        tracker.compilations += 1
-        return compiled, make_validation(model, validation)
-
-    compiled, evaluate = compile_for(bnn, state)
-
-    def result(st: TrainState) -> ShrinkResult:
-        return ShrinkResult(bnn, st.params, history, st, compile_seconds,
-                            {k: v.copy() for k, v in tracker.origin.items()}, list(tracker.removed),
-                            tracker.compilations)
-
-    def finish_epoch(state: TrainState, record: dict) -> TrainState:
-        nonlocal bnn, compiled, evaluate
-        epoch = record["epoch"]
-        record.update(epoch_summary(bnn, state, evaluate))
-        started = time.perf_counter()
-        removed_now, state = _remove_units(bnn, state, tracker, shrink, epoch, rule)
-        record["removal_seconds"] = time.perf_counter() - started
-        record["removed"] = removed_now
+        gone, tracker = self.rule(bnn, state, tracker, self.schedule, record["epoch"])
+        removed_now, state, tracker = _remove_units(bnn, state, tracker, gone, record["epoch"])
+        fields = {"removal_seconds": time.perf_counter() - started, "removed": removed_now}
         alive = {name: np.asarray(state.masks.units[name]) > 0.5 for name in tracker.origin}
-        targets = {name: bucketed_width(a.sum(), tracker.original[name], shrink.bucket)
+        targets = {name: bucketed_width(a.sum(), tracker.original[name], self.schedule.bucket)
                    for name, a in alive.items()}
-        record["compiled"] = any(targets[name] <= shrink.shrink_factor * a.size and targets[name] < a.size
+        fields["compiled"] = any(targets[name] <= self.schedule.shrink_factor * a.size and targets[name] < a.size
                                  for name, a in alive.items())
-        if record["compiled"]:
+        if fields["compiled"]:
             keep = {name: _physical_keep(a, targets[name]) for name, a in alive.items()}
             bnn, state = shrink_state(bnn, state, keep)
-            tracker.origin = {k: v[keep[k]] for k, v in tracker.origin.items()}
-            tracker.below = {k: v[keep[k]] for k, v in tracker.below.items()}
-            compiled, evaluate = compile_for(bnn, state)
-        record["widths"] = {l.name: l.units for l in bnn.layers[:-1]}
-        record["alive"] = {name: int(np.sum(np.asarray(state.masks.units[name]) > 0.5))
-                           for name in tracker.origin}
-        return state
+            tracker = tracker._replace(origin={k: v[keep[k]] for k, v in tracker.origin.items()},
+                                       below={k: v[keep[k]] for k, v in tracker.below.items()})
+        fields["widths"] = {l.name: l.units for l in bnn.layers[:-1]}
+        fields["alive"] = {name: int(np.sum(np.asarray(state.masks.units[name]) > 0.5)) for name in tracker.origin}
+        return Fitting(bnn, state, fitting.stop), tracker, fields
 
-    def save(state: TrainState, history: list[dict]) -> None:
-        nonlocal saved_trackers
-        saved_trackers = saved_trackers[-1:] + [tracker.to_json(int(state.epoch))]
-        _write_json(Path(checkpoint_dir), SHRINK_FILE, {"trackers": saved_trackers})
-        save_checkpoint(checkpoint_dir, state, history)
+    def to_json(self, tracker):
+        return tracker.to_json()
 
-    state = run_epochs(
-        state, history, epochs=epochs, run_epoch=lambda state: compiled(state, x_device, y_device),
-        finish_epoch=finish_epoch, result=result, checkpoint_dir=checkpoint_dir,
-        save=save if checkpoint_dir is not None else None, checkpoint_interval=checkpoint_interval,
-        callbacks=callbacks, progress=progress,
-        postfix=lambda record: {"width": "/".join(map(str, record["widths"].values()))})
-    return result(state)
+    def restore(self, fitting, data, info):
+        tracker = ShrinkTracker.from_json(data)
+        keep = keep_from_origin(fitting.bnn.layers, tracker.origin)
+        if any(not mask.all() for mask in keep.values()):
+            bnn, state = shrink_state(fitting.bnn, fitting.state, keep)
+            fitting = fitting._replace(bnn=bnn, state=state)
+        return fitting, tracker
+
+    def progress(self, record):
+        return {"width": "+".join(map(str, record["widths"].values()))} if "widths" in record else {}
+
+    def result(self, tracker):
+        return {"unit_origin": {k: v.copy() for k, v in tracker.origin.items()}, "removed": list(tracker.removed)}
 
 
-def _remove_units(bnn: SparseBNN, state: TrainState, tracker: _Tracker, shrink: ShrinkSchedule,
-                  epoch: int, rule: RemovalRule) -> tuple[dict[str, list[int]], TrainState]:
-    """Mask off the units ``rule`` removes now and release their consumer rows."""
+def _remove_units(bnn: SparseBNN, state: TrainState, tracker: ShrinkTracker, gone: Mapping[str, np.ndarray],
+                  epoch: int) -> tuple[dict[str, list[int]], TrainState, ShrinkTracker]:
+    """Mask off the units in ``gone`` and release their consumer rows."""
     removed_now: dict[str, list[int]] = {}
     released: dict[str, np.ndarray] = {}
     unit_masks = dict(state.masks.units)
-    for name, gone in rule(bnn, state, tracker, shrink, epoch).items():
-        if not gone.size:
+    below = dict(tracker.below)
+    events = list(tracker.removed)
+    for name, units in gone.items():
+        if not units.size:
             continue
         mask = np.asarray(unit_masks[name], np.float32).copy()
-        mask[gone] = 0.0
+        mask[units] = 0.0
         unit_masks[name] = jax.device_put(mask)
-        tracker.below[name][gone] = 0
+        below[name] = below[name].copy()
+        below[name][units] = 0
         released[name] = np.zeros(mask.shape, bool)
-        released[name][gone] = True
-        original = sorted(int(i) for i in tracker.origin[name][gone])
+        released[name][units] = True
+        original = sorted(int(i) for i in tracker.origin[name][units])
         removed_now[name] = original
-        tracker.removed.append({"epoch": epoch, "layer": name, "units": original})
+        events.append({"epoch": epoch, "layer": name, "units": original})
     if released:
         params, opt_state = release_units(bnn, state.params, state.opt_state, released)
-        state = state._replace(params=params, opt_state=opt_state,
-                               masks=Masks(unit_masks, state.masks.weights))
-    return removed_now, state
+        state = state._replace(params=params, opt_state=opt_state, masks=Masks(unit_masks, state.masks.weights))
+    return removed_now, state, tracker._replace(below=below, removed=tuple(events))
 
 
-def _resume(bnn: SparseBNN, state: TrainState, tracker: _Tracker, directory: Path):
-    """Rebuild the widths recorded in ``shrink.json`` and load the checkpoint onto them.
+ShrinkResult = FitResult  # the result of a shrinking fit: FitResult fills unit_origin and removed
 
-    ``shrink.json`` holds the tracker of the last two checkpoint writes, so that a crash between
-    writing it and writing the checkpoint still finds the widths the checkpoint was saved with.
+
+def fit_shrinking(bnn: SparseBNN, x, y, *, shrink: ShrinkSchedule = ShrinkSchedule(),
+                  rule: RemovalRule | None = None, hooks: Sequence[Hook] = (), **fit_kwargs) -> FitResult:
+    """:func:`sparse_bnn.train.fit` with a :class:`Shrink` hook first: ``fit(bnn, x, y,
+    hooks=[Shrink(shrink, rule), *hooks], **fit_kwargs)``.
+
+    Returns:
+      :class:`~sparse_bnn.train.state.FitResult`: ``bnn`` is the final smaller model,
+      ``params``/``state`` belong to it, ``unit_origin`` maps its units to the original ones.
     """
-    if not (directory / "checkpoint.msgpack").exists():
-        return bnn, state, tracker, []
-    try:
-        entries = json.loads((directory / SHRINK_FILE).read_text())["trackers"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{directory} has a checkpoint but no readable {SHRINK_FILE}; it was not "
-                         f"written by fit_shrinking (resume it with fit instead): {error}") from error
-    problems = []
-    for entry in reversed(entries):
-        saved = _Tracker.from_json(entry)
-        keep = keep_from_origin(bnn.layers, saved.origin)
-        small, template = (shrink_state(bnn, state, keep) if any(not m.all() for m in keep.values())
-                           else (bnn, state))
-        try:
-            restored = load_checkpoint(directory, template)
-        except ValueError as error:
-            problems.append(str(error))
-            continue
-        restored_state, history = restored
-        if int(restored_state.epoch) == int(entry["epoch"]):
-            return small, restored_state, saved, history
-        problems.append(f"{SHRINK_FILE} entry for epoch {entry['epoch']} does not match the "
-                        f"checkpoint's epoch {int(restored_state.epoch)}")
-    raise ValueError(f"cannot resume from {directory}: " + "; ".join(problems))
+    return fit(bnn, x, y, hooks=[Shrink(shrink, rule), *hooks], **fit_kwargs)

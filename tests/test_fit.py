@@ -78,10 +78,10 @@ def test_learning_rate_schedule_checks():
     with pytest.raises(ValueError, match="final_fraction"):
         svi_optimizer(1e-3, schedule="linear", total_steps=10, final_fraction=0.0)
     with pytest.raises(ValueError, match="--lr-schedule"):
-        RunConfig(out="unused", lr_final_fraction=0.2).check()
+        RunConfig.flat(out="unused", lr_final_fraction=0.2).check()
     with pytest.raises(ValueError, match="final_fraction"):
-        RunConfig(out="unused", lr_schedule="cosine", lr_final_fraction=1.5).check()
-    config = RunConfig(out="unused", lr=1e-2, batch_size=100, lr_schedule="linear", lr_final_fraction=0.5).check()
+        RunConfig.flat(out="unused", lr_schedule="cosine", lr_final_fraction=1.5).check()
+    config = RunConfig.flat(out="unused", lr=1e-2, batch_size=100, lr_schedule="linear", lr_final_fraction=0.5).check()
     optimizer = config.optimizer(epochs=4, n_train=250)  # 2 steps per epoch: the last batch is dropped
     params, grads = {"w.loc": jnp.zeros(1)}, {"w.loc": jnp.ones(1)}
     state = optimizer.init(params)
@@ -101,13 +101,14 @@ class _Clock:
 
 
 def _fake_loop(monkeypatch, saves, *, epochs, interval, epoch_seconds=4.0, nan_at=None):
-    """``run_epochs`` over fake epochs of ``epoch_seconds``; appends ``(epoch, history length,
-    parameter value)`` to ``saves`` at every ``save``."""
-    import sparse_bnn.fit as fit_module
-    from sparse_bnn.fit import EpochStats, run_epochs
+    """The training loop over fake epochs of ``epoch_seconds``; appends ``(epoch, history length,
+    parameter value)`` to ``saves`` at every checkpoint write."""
+    import sparse_bnn.train.loop as loop
+    from sparse_bnn.distributed import data_mesh
     from sparse_bnn.model import Masks
+    from sparse_bnn.train.state import EpochStats, Fitting, TrainState
     clock = _Clock()
-    monkeypatch.setattr(fit_module, "time", clock)
+    monkeypatch.setattr(loop, "time", clock)
 
     def run_epoch(state):
         clock.now += epoch_seconds
@@ -115,10 +116,13 @@ def _fake_loop(monkeypatch, saves, *, epochs, interval, epoch_seconds=4.0, nan_a
         loss = np.nan if epoch == nan_at else 1.0 / epoch
         return state._replace(epoch=state.epoch + 1, params={"w": state.params["w"] + 1.0}), EpochStats(loss, loss, 0.0)
 
-    state = fit_module.TrainState({"w": jnp.zeros(3)}, (), jax.random.PRNGKey(0), jnp.zeros((), jnp.int32), Masks())
-    run_epochs(state, [], epochs=epochs, run_epoch=run_epoch, finish_epoch=lambda state, record: state,
-               result=lambda state: state, checkpoint_interval=interval,
-               save=lambda state, history: saves.append((int(state.epoch), len(history), float(state.params["w"][0]))))
+    def save(directory, state, history, hooks):
+        saves.append((int(state.epoch), len(history), float(state.params["w"][0])))
+
+    state = TrainState({"w": jnp.zeros(3)}, (), jax.random.PRNGKey(0), jnp.zeros((), jnp.int32), Masks())
+    loop.run_loop(Fitting(None, state), [], {}, [], epochs=epochs, mesh=data_mesh(1),
+                  compile_epoch=lambda bnn, template: run_epoch,
+                  checkpointer=loop.Checkpointer("unused", interval, save=save))
     return saves
 
 
@@ -134,7 +138,7 @@ def test_a_diverging_epoch_writes_the_last_good_state_first(monkeypatch):
     saves = []
     with pytest.raises(DivergenceError, match="non-finite in epoch 5") as info:
         _fake_loop(monkeypatch, saves, epochs=9, interval=10.0, nan_at=5)
-    assert int(info.value.last_good.epoch) == 4
+    assert int(info.value.last_good.state.epoch) == 4
     assert saves == [(3, 3, 3.0), (4, 4, 4.0)]
 
 
@@ -163,7 +167,7 @@ def test_checkpoint_interval_is_checked():
         fit(small_bnn(), x, y, epochs=1, checkpoint_interval=float("nan"), progress=False)
     from sparse_bnn.run import RunConfig
     with pytest.raises(ValueError, match="checkpoint_interval"):
-        RunConfig(out="unused", checkpoint_interval=-5).check()
+        RunConfig.flat(out="unused", checkpoint_interval=-5).check()
 
 
 def test_a_crash_between_the_two_checkpoint_writes_leaves_a_consistent_pair(tmp_path):

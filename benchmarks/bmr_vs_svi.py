@@ -46,7 +46,7 @@ import optax
 from flax import nnx
 
 from sparse_bnn.data import load_dataset
-from sparse_bnn.fit import fit, svi_optimizer
+from sparse_bnn.train import fit, svi_optimizer
 from sparse_bnn.metrics import classification_metrics
 from sparse_bnn.model import SparseBNN
 from sparse_bnn.nets import NETS, MLP

@@ -1,7 +1,7 @@
 """Time each of the first epochs separately: SS-GHS SVI against the deterministic MLP.
 
 Real Fashion-MNIST (``sparse_bnn.data.load_dataset("fashion-mnist")``), MLP 784-400-400-10,
-batch 1024, each epoch one jitted ``lax.scan`` as ``sparse_bnn.fit`` runs it. Compilation is
+batch 1024, each epoch one jitted ``lax.scan`` as ``sparse_bnn.train`` runs it. Compilation is
 timed apart (AOT ``.lower().compile()``), and every epoch is timed with ``block_until_ready``;
 epochs of the two configurations are interleaved so that machine noise hits both alike.
 

@@ -38,8 +38,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from sparse_bnn.fit import LR_SCHEDULES  # noqa: E402
-from sparse_bnn.run import RunConfig, run_experiment  # noqa: E402
+from sparse_bnn.train import LR_SCHEDULES  # noqa: E402
+from sparse_bnn.config import RunConfig, ShrinkConfig  # noqa: E402
+from sparse_bnn.run import run_experiment  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 NETS = ("mlp", "lenet5-caffe")
@@ -60,16 +61,16 @@ def run_config(net: str, method: str, schedule: dict, args: argparse.Namespace, 
     """The :class:`RunConfig` of one (net, method) pair."""
     prior, bmr = ("flat", "nodewise") if method == "bmr" else (method, "none")
     shrink = bool(schedule.get("shrink")) and method in SHRINKABLE
-    return RunConfig(out=str(out), data="fashion-mnist", net=net, widths=list(MLP_WIDTHS), prior=prior,
-                     bmr=bmr, epochs=schedule["epochs"], batch_size=schedule["batch_size"],
-                     lr=schedule["lr"],
-                     **{k: schedule[k] for k in ("indicator_lr", "lr_schedule", "lr_final_fraction", "rho_init",
-                                                 "sigma0") if k in schedule},
-                     shrink=shrink, **({"shrink_factor": schedule["shrink_factor"]} if shrink else {}),
-                     bmr_warmup=schedule.get("bmr_warmup") if bmr != "none" else None, seed=args.seed,
-                     data_dir=args.data_dir, n_train=args.n_train,
-                     n_test=args.n_test, samples=args.samples, latency=not args.no_latency,
-                     download=not args.no_download)
+    return RunConfig.flat(out=str(out), data="fashion-mnist", net=net, widths=list(MLP_WIDTHS), prior=prior,
+                          bmr=bmr, epochs=schedule["epochs"], batch_size=schedule["batch_size"],
+                          lr=schedule["lr"],
+                          **{k: schedule[k] for k in ("indicator_lr", "lr_schedule", "lr_final_fraction", "rho_init",
+                                                      "sigma0") if k in schedule},
+                          shrink=shrink, **({"shrink_factor": schedule["shrink_factor"]} if shrink else {}),
+                          bmr_warmup=schedule.get("bmr_warmup") if bmr != "none" else None, seed=args.seed,
+                          data_dir=args.data_dir, n_train=args.n_train,
+                          n_test=args.n_test, samples=args.samples, latency=not args.no_latency,
+                          download=not args.no_download)
 
 
 def summarise(net: str, method: str, metrics: dict) -> dict:
@@ -196,7 +197,7 @@ def main(argv=None) -> dict:
         if getattr(args, name) is not None:
             schedule[name] = getattr(args, name)
     if schedule.get("shrink"):
-        schedule.setdefault("shrink_factor", RunConfig.shrink_factor)  # recorded: the default changed
+        schedule.setdefault("shrink_factor", ShrinkConfig().factor)  # recorded: the default changed
     name = f"fmnist_{args.schedule}{'_' + args.tag if args.tag else ''}"
     header = {"schedule": args.schedule, "settings": schedule,
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

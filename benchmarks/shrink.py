@@ -2,7 +2,7 @@
 
 SS-GHS on Fashion-MNIST, MLP 784-400-400-10, batch 1024, the same number of epochs for
 
-* ``ss-ghs``: :func:`sparse_bnn.fit.fit` on the full network every epoch;
+* ``ss-ghs``: :func:`sparse_bnn.train.fit` on the full network every epoch;
 * ``ss-ghs+shrink``: :func:`sparse_bnn.shrink.fit_shrinking` (units removed for good, the
   network rebuilt smaller when bucketed widths drop);
 * ``dense``: a deterministic Flax MLP of the same size, Adam, cross-entropy, one jitted
@@ -12,7 +12,7 @@ Wall-clock is the whole training call, compilation included (shrinking recompile
 the Bayesian runs is Bayesian model averaging over 10 posterior samples on the test set;
 ``density`` is the fraction of the dense MLP's weights in the compact (median-probability)
 network. Both Bayesian runs use the main job's settings: Adam 3e-3, the indicator logits at
-1e-2 (``--indicator-lr``, :func:`sparse_bnn.fit.svi_optimizer`), and ``rho_init = -3``. Units
+1e-2 (``--indicator-lr``, :func:`sparse_bnn.train.svi_optimizer`), and ``rho_init = -3``. Units
 are removed when ``gamma < max(0.05, 2 lambda_l)`` (``--threshold`` sets a fixed value) for
 ``--patience`` epochs after ``--warmup``.
 
@@ -32,7 +32,7 @@ import optax
 from flax import nnx
 
 from sparse_bnn.data import load_dataset
-from sparse_bnn.fit import fit, kept_units, svi_optimizer
+from sparse_bnn.train import fit, kept_units, svi_optimizer
 from sparse_bnn.model import SparseBNN
 from sparse_bnn.nets import MLP, FunctionalNet
 from sparse_bnn.posterior import predict

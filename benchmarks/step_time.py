@@ -1,6 +1,6 @@
 """Steady-state time of one SVI step per prior, against a deterministic Flax NNX + Optax step.
 
-Every step runs as ``sparse_bnn.fit`` runs it: ``fit.make_step`` inside ``fit.make_epoch``'s
+Every step runs as ``sparse_bnn.train`` runs it: ``fit.make_step`` inside ``fit.make_epoch``'s
 jitted ``lax.scan`` over an epoch of ``K`` minibatches; we time whole epochs and divide by ``K``.
 The deterministic baseline is the same network as a point estimate (same forward pass, softmax
 cross-entropy, ``optax.adam(1e-3)``) in the same kind of jitted ``lax.scan`` epoch (same
@@ -51,7 +51,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from sparse_bnn import fit as fit_lib
+from sparse_bnn import train as fit_lib
 from sparse_bnn.model import SparseBNN
 from sparse_bnn.nets import MLP, NETS
 from sparse_bnn.nets.base import FunctionalNet

@@ -36,7 +36,7 @@ from flax import nnx
 
 from sparse_bnn import compact_io, posterior, prune
 from sparse_bnn.data import flip_augment, load_dataset
-from sparse_bnn.fit import fit, svi_optimizer
+from sparse_bnn.train import fit, svi_optimizer
 from sparse_bnn.metrics import classification_metrics
 from sparse_bnn.model import SparseBNN
 from sparse_bnn.nets import MLP
@@ -163,7 +163,7 @@ from flax import nnx
 
 from sparse_bnn import posterior
 from sparse_bnn.data import load_dataset
-from sparse_bnn.fit import fit
+from sparse_bnn.train import fit
 from sparse_bnn.metrics import classification_metrics
 from sparse_bnn.model import SparseBNN
 from sparse_bnn.nets import MLP
@@ -262,7 +262,7 @@ from flax import nnx
 
 from sparse_bnn import posterior
 from sparse_bnn.data import make_teacher_regression
-from sparse_bnn.fit import fit
+from sparse_bnn.train import fit
 from sparse_bnn.model import SparseBNN
 from sparse_bnn.nets import MLP
 from sparse_bnn.priors import get_prior
@@ -335,7 +335,7 @@ regression** model: the same sparse network, but a Student-t likelihood with a l
 that a few gross outliers do not drag the fit.
 
 We fit it with plain `numpyro.infer.SVI`, and compare with the library's Gaussian-likelihood
-model fitted by `sparse_bnn.fit.fit`."""),
+model fitted by `sparse_bnn.train.fit`."""),
     ("code", SMALL_SWITCH),
     ("code", """import jax
 import jax.numpy as jnp
@@ -349,7 +349,7 @@ from numpyro.infer import SVI
 from sparse_bnn import posterior
 from sparse_bnn.data import make_teacher_regression
 from sparse_bnn.elbo import AnalyticKLELBO
-from sparse_bnn.fit import fit
+from sparse_bnn.train import fit
 from sparse_bnn.guide import softplus
 from sparse_bnn.kl import kl_lognormal_halfnormal
 from sparse_bnn.model import SparseBNN

@@ -3,7 +3,7 @@
 The common entry points are importable from the package (loaded on first use, so that
 ``sparse_bnn.compact_io`` alone stays light for deployment)::
 
-    from sparse_bnn import SparseBNN, get_prior, fit, predict, load_compact
+    from sparse_bnn import SparseBNN, get_prior, fit, Shrink, predict, load_compact
 """
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ _EXPORTS = {
     "SparseBNN": "sparse_bnn.model", "Masks": "sparse_bnn.model",
     "get_prior": "sparse_bnn.priors", "PRIORS": "sparse_bnn.priors",
     "NETS": "sparse_bnn.nets", "MLP": "sparse_bnn.nets", "net_from_config": "sparse_bnn.nets",
-    "fit": "sparse_bnn.fit", "FitResult": "sparse_bnn.fit", "DivergenceError": "sparse_bnn.fit",
+    "fit": "sparse_bnn.train", "FitResult": "sparse_bnn.train", "DivergenceError": "sparse_bnn.train",
+    "Hook": "sparse_bnn.train", "svi_optimizer": "sparse_bnn.train",
+    "Shrink": "sparse_bnn.shrink", "ShrinkSchedule": "sparse_bnn.shrink", "Reduction": "sparse_bnn.reduction",
+    "NodeBMRRule": "sparse_bnn.reduction",
     "predict": "sparse_bnn.posterior", "predict_mean": "sparse_bnn.posterior",
     "posterior_mean_params": "sparse_bnn.posterior", "inclusion_probs": "sparse_bnn.posterior",
     "compact": "sparse_bnn.prune", "mask_params": "sparse_bnn.prune",

@@ -6,6 +6,9 @@
     sparse-bnn report runs/fmnist
     sparse-bnn predict runs/fmnist t10k-images-idx3-ubyte.gz --out predictions.csv
 
+The options of ``fit`` are generated from the fields of :class:`sparse_bnn.config.RunConfig`
+(:func:`add_config_options`): their flags, help texts, defaults and checks are declared there once.
+
 Exit codes: 0 success; 2 bad input (unknown names, missing or corrupt data, a run directory
 that must not be touched); 3 the loss diverged (the last good checkpoint is kept);
 130 interrupted. Output cut short by its reader (``sparse-bnn predict ... | head``) ends quietly with 0.
@@ -13,34 +16,13 @@ that must not be touched); 3 the loss diverged (the last good checkpoint is kept
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 from typing import Sequence
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 2, 3, 130
-
-
-def _widths(text: str) -> list[int]:
-    try:
-        widths = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"widths must be comma-separated integers like 400,400, got {text!r}")
-    if not widths or any(w <= 0 for w in widths):
-        raise argparse.ArgumentTypeError(f"widths must be positive integers like 400,400, got {text!r}")
-    return widths
-
-
-def _inclusion(text: str) -> str | float:
-    if text == "theory":
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--inclusion takes 'theory' or a probability in (0, 1), got {text!r}")
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"--inclusion probability must lie in (0, 1), got {value}")
-    return value
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -53,16 +35,61 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from sparse_bnn.data import DATASET_NAMES
-    from sparse_bnn.fit import CHECKPOINT_INTERVAL, LR_SCHEDULES
-    from sparse_bnn.nets import NETS
-    from sparse_bnn.nets.mlp import ACTIVATIONS
-    from sparse_bnn.priors import PRIORS
-    from sparse_bnn.noise import WEIGHT_NOISE
-    from sparse_bnn.run import BMR_MODES, RunConfig
-    from sparse_bnn.shrink import DEFAULT_THRESHOLD
+def add_config_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """Add one option per field of :class:`~sparse_bnn.config.RunConfig`, in one group per section.
 
+    Flag, help text, default, type and choices come from the field (:func:`sparse_bnn.options.option`);
+    the ``dest`` is the field's flat name, so that :func:`config_from_args` finds it. Returns the
+    last group, "run directory and output" (``--out``), for the options of a run that are not
+    part of its config.
+    """
+    from sparse_bnn.config import RunConfig
+    groups = {f.name: parser.add_argument_group(f.metadata["help"])
+              for f in dataclasses.fields(RunConfig) if f.metadata.get("section")}
+    groups[None] = parser.add_argument_group("run directory and output")
+    for entry in RunConfig.options():
+        groups[entry.section].add_argument(entry.flag, **_argparse_keywords(entry))
+    return groups[None]
+
+
+def _argparse_keywords(entry) -> dict:
+    """The keywords of ``add_argument`` for an :class:`~sparse_bnn.options.Option`."""
+    from sparse_bnn.options import MISSING
+    metadata, default = entry.field.metadata, entry.default
+    parse = metadata["parse"] or (type(default) if default not in (None, MISSING) else str)
+    keywords = {"dest": entry.name, "help": entry.help}
+    if parse is bool:  # a switch: on, off, or both where the default is decided later
+        keywords["action"] = {False: "store_true", True: "store_false", None: argparse.BooleanOptionalAction}[default]
+        keywords["default"] = default
+    else:
+        keywords["type"] = parse if parse in (int, float, str) else _argparse_type(parse)
+        if default is MISSING:
+            keywords["required"] = True
+        else:  # text that parses to the default, so that --help shows 400,400, not (400, 400)
+            keywords["default"] = ",".join(map(str, default)) if isinstance(default, (tuple, list)) else default
+        if metadata["choices"] is not None:
+            keywords["choices"] = list(metadata["choices"]())
+    return {**keywords, **metadata["cli"]}
+
+
+def _argparse_type(parse):
+    """``parse``, its ``ValueError`` turned into argparse's error with the same message."""
+    def convert(text: str):
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    convert.__name__ = parse.__name__
+    return convert
+
+
+def config_from_args(args: argparse.Namespace):
+    """The :class:`~sparse_bnn.config.RunConfig` of parsed ``sparse-bnn fit`` arguments."""
+    from sparse_bnn.config import RunConfig
+    return RunConfig.flat(**{entry.name: getattr(args, entry.name) for entry in RunConfig.options()})
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sparse-bnn", description="Structurally sparse Bayesian neural networks: fit with "
         "spike-and-slab group priors, prune nodes, evaluate the compact network.")
@@ -70,90 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit = commands.add_parser("fit", help="train a model into a run directory",
                               formatter_class=_HelpFormatter)
-    what = fit.add_argument_group("data, network, prior")
-    what.add_argument("--data", default="fashion-mnist", metavar="NAME|FILE",
-                      help=f"data set: one of {', '.join(DATASET_NAMES)}, or a .npz/.csv file")
-    what.add_argument("--data-dir", default=None, help="folder holding the data set's files")
-    what.add_argument("--no-download", dest="download", action="store_false",
-                      help="never download MNIST/Fashion-MNIST")
-    what.add_argument("--validation-fraction", type=float, default=0.0,
-                      help="share of the training set held out for per-epoch validation")
-    what.add_argument("--n-train", type=int, default=None, help="use only this many training examples")
-    what.add_argument("--n-test", type=int, default=None, help="use only this many test examples")
-    what.add_argument("--net", default="mlp", choices=sorted(NETS), help="architecture")
-    what.add_argument("--widths", type=_widths, default="400,400", help="MLP hidden widths, e.g. 400,400")
-    what.add_argument("--activation", default="silu", choices=sorted(ACTIVATIONS),
-                      help="activation of the MLP, LeNets and ResNets (ViT and Mixer: GELU)")
-    what.add_argument("--prior", default="ss-ghs", choices=sorted(PRIORS), help="shrinkage prior")
-    what.add_argument("--sigma0", type=float, default=None,
-                      help="slab scale sigma_0 (default: 1, or the net's reference value, 0.2 for ResNets)")
-    what.add_argument("--inclusion", type=_inclusion, default=None,
-                      help="prior inclusion probability: 'theory' or a float (default: theory, or the "
-                           "net's reference value, 1e-4 for ResNets)")
-    what.add_argument("--temperature", type=float, default=0.5, help="Concrete relaxation temperature")
-    what.add_argument("--rho-init", type=float, default=-6.0,
-                      help="initial rho of the weights' posterior scales softplus(rho) (reference -6; "
-                           "-3 separates units within a short schedule, see the README)")
-    what.add_argument("--weight-noise", default="hash", choices=sorted(WEIGHT_NOISE),
-                      help="generator of the guide's weight noise: a fast counter hash (default) or "
-                           "jax.random.normal's threefry")
-    what.add_argument("--soft", action="store_true", help="soft Concrete relaxation instead of straight-through")
-    what.add_argument("--centred", action="store_true", help="centred parametrisation")
-
-    train = fit.add_argument_group("training")
-    train.add_argument("--epochs", type=int, default=10, help="passes over the training set")
-    train.add_argument("--batch-size", type=int, default=1024, help="training examples per SVI step")
-    train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    train.add_argument("--indicator-lr", type=float, default=None,
-                       help="learning rate of the node indicators' logits (default: --lr); it sets how fast "
-                            "units are decided (the main job: 1e-2 with --lr 3e-3 --rho-init -3)")
-    train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
-                       help="decay both learning rates over the run (and again over --fine-tune-epochs) to "
-                            "--lr-final-fraction of their values: along a half cosine or a straight line")
-    train.add_argument("--lr-final-fraction", type=float, default=0.1,
-                       help="learning rate at the end of a decaying --lr-schedule, as a fraction of --lr")
-    train.add_argument("--seed", type=int, default=0,
-                       help="seeds initialisation, shuffling, noise and the data splits")
-    train.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                       help="horizontal flips (default: as the data set says; on for Fashion-MNIST)")
-    train.add_argument("--fine-tune-epochs", type=int, default=0,
-                       help="after sparse training, train this many epochs with the kept units frozen")
-    train.add_argument("--bmr", default="none", choices=BMR_MODES,
-                       help="Bayesian model reduction during training")
-    train.add_argument("--bmr-warmup", type=int, default=None,
-                       help="SVI epochs before the first reduction; then one after every epoch "
-                            "(default: 5, or half the epochs of a run shorter than 10)")
-    train.add_argument("--shrink", action="store_true",
-                       help="remove switched-off units while training and continue on the smaller network "
-                            "(spike-and-slab priors; with --bmr nodewise, the units the reduction prunes)")
-    train.add_argument("--shrink-warmup", type=int, default=RunConfig.shrink_warmup,
-                       help="epochs before any unit is removed")
-    train.add_argument("--shrink-patience", type=int, default=RunConfig.shrink_patience,
-                       help="consecutive epochs below the threshold before a unit is removed")
-    train.add_argument("--shrink-threshold", type=float, default=None,
-                       help="remove a unit when its inclusion probability stays below this "
-                            f"(default: {DEFAULT_THRESHOLD}, or twice the layer's prior inclusion probability "
-                            "when that is larger)")
-    train.add_argument("--shrink-factor", type=float, default=RunConfig.shrink_factor,
-                       help="rebuild the network when a layer's alive units fit in this fraction of its "
-                            "physical width (fewer, larger rebuilds when smaller; each one recompiles)")
-    train.add_argument("--devices", type=int, default=None,
-                       help="train data-parallel on the first N local devices (default: every device)")
-
-    evaluation = fit.add_argument_group("pruning and evaluation")
-    evaluation.add_argument("--threshold", type=float, default=0.5,
-                            help="keep a unit when its inclusion probability exceeds this")
-    evaluation.add_argument("--samples", type=int, default=10, help="posterior samples for BMA predictions")
-    evaluation.add_argument("--no-latency", dest="latency", action="store_false",
-                            help="skip the latency measurement")
-
-    run = fit.add_argument_group("run directory and output")
-    run.add_argument("--out", required=True, help="run directory")
+    run = add_config_options(fit)
     run.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
-    run.add_argument("--checkpoint-interval", type=float, default=CHECKPOINT_INTERVAL, metavar="SECONDS",
-                     help="seconds of training between checkpoints in --out/checkpoint (0: after every "
-                          "epoch); the last epoch is always written, and a diverging run writes its "
-                          "last good state")
     run.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     run.add_argument("--quiet", action="store_true", help="one log line per epoch instead of a progress bar")
 
@@ -187,9 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fit(args: argparse.Namespace) -> int:
-    from sparse_bnn.run import RunConfig, report_table, run_experiment
-    names = {f for f in RunConfig.__dataclass_fields__}
-    config = RunConfig(**{k: v for k, v in vars(args).items() if k in names})
+    from sparse_bnn.run import report_table, run_experiment
+    config = config_from_args(args)
     log = (lambda message: print(message, flush=True))
     run_experiment(config, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet, log=log)
     print(report_table(args.out), flush=True)
@@ -234,7 +178,7 @@ def _predict(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``sparse-bnn`` (and ``python -m sparse_bnn``); returns the exit code."""
     args = build_parser().parse_args(argv)
-    from sparse_bnn.fit import DivergenceError
+    from sparse_bnn.train import DivergenceError
     command = {"fit": _fit, "evaluate": _evaluate, "report": _report, "predict": _predict}[args.command]
     try:
         return command(args)

@@ -29,6 +29,10 @@ Example::
     save_compact("model_dir", compact_net, params_samples=samples, metadata={"accuracy": 0.98})
     net = load_compact("model_dir")                  # an ordinary nnx.Module
     net, samples = load_compact_samples("model_dir") # samples: {path: [S, ...]}
+    logits = compact_outputs(net, x)                 # [N, out]
+
+The outputs of a loaded network (:func:`compact_outputs`, :func:`sampled_outputs`, :func:`batched`)
+need nothing of the training stack (no NumPyro), so that prediction from a saved model stays light.
 """
 from __future__ import annotations
 
@@ -37,9 +41,10 @@ import os
 import shutil
 import tempfile
 from pathlib import Path as FilePath
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx, serialization
 
@@ -53,7 +58,8 @@ PARAMS = "params.msgpack"
 STATE = "state.msgpack"
 SAMPLES = "samples.msgpack"
 
-__all__ = ["FORMAT_VERSION", "load_compact", "load_compact_samples", "read_architecture", "save_compact"]
+__all__ = ["FORMAT_VERSION", "batched", "compact_outputs", "load_compact", "load_compact_samples", "read_architecture",
+           "sampled_outputs", "save_compact"]
 
 
 def _split_state(net: nnx.Module) -> tuple[dict[Path, Any], dict[Path, Any]]:
@@ -216,3 +222,27 @@ def load_compact_samples(path: str | os.PathLike) -> tuple[nnx.Module, dict[Path
                           leading=int(architecture["num_samples"]))
     paths = {path_name(p): p for p in flatten_paths(nnx.to_pure_dict(nnx.state(net, nnx.Param)))}
     return net, {paths[name]: jax.numpy.asarray(value) for name, value in arrays.items()}
+
+
+# -- outputs of a loaded network ------------------------------------------------------------
+
+
+def batched(fn: Callable, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """``fn`` over ``x`` in batches of ``batch_size``, joined along the examples' axis (the
+    second of ``[S, B, out]`` outputs, else the first)."""
+    outs = [np.asarray(fn(jnp.asarray(x[i:i + batch_size]))) for i in range(0, x.shape[0], batch_size)]
+    return np.concatenate(outs, axis=-2 if outs[0].ndim == 3 else 0)
+
+
+def sampled_outputs(apply: Callable, samples: Mapping[Path, jax.Array], x: jax.Array) -> jax.Array:
+    """Outputs ``[S, B, out]`` of ``apply(params, x)`` for ``S`` parameter samples
+    ``{path: [S, ...]}`` on a batch ``x [B, ...]``."""
+    outputs = jax.vmap(apply, in_axes=(0, None))(samples, x)
+    return outputs.reshape(outputs.shape[0], x.shape[0], -1)
+
+
+def compact_outputs(net: nnx.Module, x: np.ndarray, batch_size: int = 2048) -> np.ndarray:
+    """Outputs ``[N, out]`` (logits or means) of a (compact) network on examples ``x [N, ...]``."""
+    graphdef, state = nnx.split(net)
+    forward = jax.jit(lambda s, xb: nnx.merge(graphdef, s)(xb))  # weights as arguments, not constants
+    return batched(lambda xb: forward(state, xb), np.asarray(x, np.float32), batch_size)

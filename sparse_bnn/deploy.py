@@ -18,6 +18,9 @@ posterior-mean weights alone (the run's ``compact`` metrics)::
 
     predictions = predict_run("runs/fmnist", read_inputs("t10k-images-idx3-ubyte.gz"))
     write_predictions("predictions.csv", predictions)
+
+This module reads the run through :mod:`sparse_bnn.run_files` and :mod:`sparse_bnn.compact_io`
+only: it imports no training module (no NumPyro, no ``sparse_bnn.train``/``run``/``shrink``).
 """
 from __future__ import annotations
 
@@ -31,10 +34,10 @@ from typing import IO
 import jax
 import numpy as np
 
-from sparse_bnn import compact_io, posterior
+from sparse_bnn import compact_io
 from sparse_bnn.data import IDX_IMAGES_MAGIC, DataNotFoundError, prepare_inputs, read_csv, read_idx
 from sparse_bnn.nets import FunctionalNet
-from sparse_bnn.run import COMPACT_DIR, compact_outputs, load_run_dataset, read_run
+from sparse_bnn.run_files import COMPACT_DIR, load_run_dataset, read_finished_run
 
 __all__ = ["predict_run", "read_inputs", "run_preprocessing", "write_predictions"]
 
@@ -76,14 +79,12 @@ def run_preprocessing(run_dir: str | os.PathLike, data_dir: str | None = None) -
 def _read_model(run_dir: str | os.PathLike, data_dir: str | None) -> tuple[dict, dict]:
     """``(architecture.json, preprocessing)`` of a finished run's compact model."""
     run_dir = Path(run_dir)
-    config, _ = read_run(run_dir)  # first: its message says what is wrong with a directory that is no run
+    options, _ = read_finished_run(run_dir)  # first: its message says what is wrong with a directory that is no run
     architecture = compact_io.read_architecture(run_dir / COMPACT_DIR)
     if "preprocessing" in architecture.get("metadata", {}):
         return architecture, architecture["metadata"]["preprocessing"]
-    if data_dir is not None:
-        config.data_dir = data_dir
     try:
-        return architecture, load_run_dataset(config).preprocessing()
+        return architecture, load_run_dataset(options, data_dir).preprocessing()
     except DataNotFoundError as error:
         raise DataNotFoundError(f"{run_dir} was saved without its preprocessing, which is recomputed from its "
                                 f"training data; {error}") from error
@@ -113,11 +114,11 @@ def predict_run(run_dir: str | os.PathLike, x: np.ndarray, *, samples: bool = Tr
     if samples and architecture.get("num_samples"):
         net, draws = compact_io.load_compact_samples(model_dir)
         apply = FunctionalNet(net).apply
-        outputs_fn = jax.jit(lambda s, xb: posterior.sampled_outputs(apply, s, xb))
-        outputs = posterior.batched(lambda xb: outputs_fn(draws, xb), x, batch_size)  # [S, N, out]
+        outputs_fn = jax.jit(lambda s, xb: compact_io.sampled_outputs(apply, s, xb))
+        outputs = compact_io.batched(lambda xb: outputs_fn(draws, xb), x, batch_size)  # [S, N, out]
     else:
         samples = False
-        outputs = compact_outputs(compact_io.load_compact(model_dir), x)[None]  # [1, N, out]
+        outputs = compact_io.compact_outputs(compact_io.load_compact(model_dir), x, batch_size)[None]  # [1, N, out]
     outputs = np.asarray(outputs, np.float64)
     if preprocessing["task"] == "classification":
         return _class_predictions(outputs, samples)

@@ -1,4 +1,4 @@
-"""Data parallelism for :func:`sparse_bnn.fit.fit` through JAX's own sharding.
+"""Data parallelism for :func:`sparse_bnn.train.fit` through JAX's own sharding.
 
 One code path for one and many devices: a :class:`jax.sharding.Mesh` with one axis named
 ``"data"``; every minibatch is sharded along its batch axis (``NamedSharding(mesh, P("data"))``),

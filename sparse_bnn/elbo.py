@@ -1,6 +1,6 @@
 """The ELBO of ``math.md`` §4: one joint sample for the likelihood, the KL in closed form.
 
-Per data point (what :func:`sparse_bnn.fit` minimises and reports)::
+Per data point (what :func:`sparse_bnn.train.fit` minimises and reports)::
 
     loss = -(1/B) sum_batch log p(y | x, w) + KL / N
 
@@ -9,42 +9,38 @@ convention of the total negative ELBO), for ``numpyro.infer.SVI``.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Mapping, NamedTuple
+from typing import Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from numpyro.handlers import replay, seed, substitute, trace
 from numpyro.infer.elbo import ELBO
 
-from sparse_bnn.guide import lognormal_factors, softplus
-from sparse_bnn.kl import (kl_bernoulli_logits, kl_lognormal_halfnormal, kl_normal,
-                           kl_normal_expected_var)
+from sparse_bnn.kl import kl_bernoulli_logits, kl_lognormal_halfnormal
 from sparse_bnn.nets.base import unit_broadcast
+from sparse_bnn.spec import (NOISE_PRIOR_SCALE, NOISE_SITE, Masks, ModelSpec, lognormal_factors, loc_param,
+                             logit_param, rho_param, softplus, weight_site)
 
-if TYPE_CHECKING:
-    from sparse_bnn.model import Masks, SparseBNN
 
-
-def analytic_kl(bnn: "SparseBNN", params: Mapping[str, jax.Array], masks: "Masks | None" = None) -> jax.Array:
-    """``KL(q || p)`` of every latent site, in closed form (``math.md`` §4).
+def analytic_kl(bnn: ModelSpec, params: Mapping[str, jax.Array], masks: Masks | None = None) -> jax.Array:
+    """``KL(q || p)`` of every latent site, in closed form (``math.md`` §4); a scalar.
 
     ``sum_lj [KL(Bern(gamma) || Bern(lambda_l)) + gamma KL(q(w~_lj) || p(w~_lj))]`` over indicated
     groups, the plain normal KL elsewhere, plus the scales' log-normal KLs. Units and entries
     that ``masks`` switch off are fixed at zero and leave the sum (prior and guide agree there).
     With frozen indicators the gate is the unit mask itself.
     """
-    from sparse_bnn.model import Masks
     masks = masks or Masks()
+    prior, centred = bnn.prior, bnn.options.centred
     factors = lognormal_factors(bnn, params)
-    total = bnn.prior.scale_kl(factors, bnn.layers)
-    if bnn.learns_noise:
-        total += kl_lognormal_halfnormal(factors["noise"].loc, factors["noise"].scale, 1.0)
-    prior_var = bnn.prior.sigma_0**2
+    total = prior.scale_kl(factors, bnn.layers)
+    if bnn.options.learns_noise:
+        total += kl_lognormal_halfnormal(factors[NOISE_SITE].loc, factors[NOISE_SITE].scale, NOISE_PRIOR_SCALE)
     gates, moments = {}, {}
     for layer in bnn.layers:
         unit_mask = masks.units.get(layer.name)
         if bnn.samples_indicator(layer):
-            logits = params[f"{layer.name}.z.logit"]
+            logits = params[logit_param(layer.name)]
             kl_z = kl_bernoulli_logits(logits, bnn.inclusion[layer.name])
             gates[layer.name] = jax.nn.sigmoid(logits)
             if unit_mask is not None:
@@ -52,23 +48,22 @@ def analytic_kl(bnn: "SparseBNN", params: Mapping[str, jax.Array], masks: "Masks
             total += jnp.sum(kl_z)
         elif unit_mask is not None:
             gates[layer.name] = unit_mask
-        if bnn.centred:
-            moments[layer.name] = bnn.prior.variance_moments(factors, layer)
+        if centred:
+            moments[layer.name] = prior.variance_moments(factors, layer)
     for path in bnn.shapes:
-        site = bnn.weight_site(path)
-        loc, scale = params[f"{site}.loc"], softplus(params[f"{site}.rho"])
+        site = weight_site(path)
+        loc, scale = params[loc_param(site)], softplus(params[rho_param(site)])
         weight_mask = masks.weights.get(site, 1.0)
         if path not in bnn.owner:
-            total += jnp.sum(kl_normal(loc, scale, prior_var) * weight_mask)
+            total += jnp.sum(prior.slab_kl(loc, scale) * weight_mask)
             continue
         layer, axis = bnn.owner[path]
-        if bnn.centred:
+        if centred:
             log_var, inv_var = moments[layer.name]
-            kl = kl_normal_expected_var(loc, scale,
-                                        jnp.log(prior_var) + unit_broadcast(log_var, loc.ndim, axis),
-                                        unit_broadcast(inv_var, loc.ndim, axis) / prior_var)
+            kl = prior.scaled_slab_kl(loc, scale, unit_broadcast(log_var, loc.ndim, axis),
+                                      unit_broadcast(inv_var, loc.ndim, axis))
         else:
-            kl = kl_normal(loc, scale, prior_var)
+            kl = prior.slab_kl(loc, scale)
         if layer.name in gates:
             kl = kl * unit_broadcast(gates[layer.name], loc.ndim, axis)
         total += jnp.sum(kl * weight_mask)

@@ -3,15 +3,14 @@
 * ``q(z_lj) = Bernoulli(sigmoid(theta_lj))``, sampled through the binary Concrete relaxation
   at temperature ``T``; the hard (straight-through) variant is exactly Bernoulli forward.
 * ``q(w~) = N(loc, softplus(rho)^2)`` per weight, ``loc`` at the network's fan-in initialisation;
-  its noise comes from ``bnn.weight_noise`` (:mod:`sparse_bnn.noise`).
+  its noise comes from ``options.weight_noise`` (:mod:`sparse_bnn.noise`).
 * ``q(scale) = LogNormal(loc, softplus(rho)^2)`` per scale site.
 
-Variational parameter names: ``{site}.loc`` / ``{site}.rho`` for normal and log-normal factors,
-``{layer}.z.logit`` for the indicators.
+Variational parameter names (:mod:`sparse_bnn.spec`): ``{site}.loc`` / ``{site}.rho`` for normal
+and log-normal factors, ``{layer}.z.logit`` for the indicators. The functions take any
+:class:`~sparse_bnn.spec.ModelSpec` (a :class:`~sparse_bnn.model.SparseBNN`).
 """
 from __future__ import annotations
-
-from typing import TYPE_CHECKING, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -22,10 +21,10 @@ from numpyro.distributions import constraints
 
 from sparse_bnn.nets.base import unit_broadcast
 from sparse_bnn.noise import WEIGHT_NOISE
-from sparse_bnn.priors.base import LogNormalFactor
+from sparse_bnn.spec import (NOISE_SITE, ModelSpec, indicator_site, lognormal_factors, loc_param, logit_param,
+                             rho_param, scale_site_names, softplus, weight_site)
 
-if TYPE_CHECKING:
-    from sparse_bnn.model import SparseBNN
+__all__ = ["ConcreteBernoulli", "init_params", "lognormal_factors", "sample_guide", "softplus"]
 
 
 class ConcreteBernoulli(dist.Distribution):
@@ -65,83 +64,69 @@ class ConcreteBernoulli(dist.Distribution):
         return jax.nn.sigmoid(self.logits)
 
 
-def softplus(x):
-    return jax.nn.softplus(x)
-
-
-def lognormal_factors(bnn: "SparseBNN", params: Mapping[str, jax.Array]) -> dict[str, LogNormalFactor]:
-    """The guide's log-normal factor of every scale site (and ``noise``), from ``params``."""
-    names = [s.name for s in bnn.prior.scale_sites(bnn.layers)] + (["noise"] if bnn.learns_noise else [])
-    return {n: LogNormalFactor(params[f"{n}.loc"], softplus(params[f"{n}.rho"])) for n in names}
-
-
-def init_params(bnn: "SparseBNN") -> dict[str, jax.Array]:
-    """Initial variational parameters.
+def init_params(bnn: ModelSpec) -> dict[str, jax.Array]:
+    """Initial variational parameters ``{name: array}``.
 
     ``loc`` of ``w~`` is the network's own initialisation divided by the initial weight scale,
     so that the initial effective network is the standard fan-in initialised one.
     """
+    options = bnn.options
     params: dict[str, jax.Array] = {}
-    sites = bnn.prior.scale_sites(bnn.layers)
     initial_values = {}
-    for site in sites:
-        params[f"{site.name}.loc"] = jnp.full(site.shape, site.init_loc, jnp.float32)
-        params[f"{site.name}.rho"] = jnp.full(site.shape, bnn.rho_init, jnp.float32)
-        initial_values[site.name] = jnp.exp(params[f"{site.name}.loc"])
-    if bnn.learns_noise:
-        params["noise.loc"] = jnp.asarray(np.log(0.5), jnp.float32)
-        params["noise.rho"] = jnp.asarray(bnn.rho_init, jnp.float32)
+    for site in bnn.prior.scale_sites(bnn.layers):
+        params[loc_param(site.name)] = jnp.full(site.shape, site.init_loc, jnp.float32)
+        params[rho_param(site.name)] = jnp.full(site.shape, options.rho_init, jnp.float32)
+        initial_values[site.name] = jnp.exp(params[loc_param(site.name)])
+    if options.learns_noise:
+        params[loc_param(NOISE_SITE)] = jnp.asarray(np.log(0.5), jnp.float32)
+        params[rho_param(NOISE_SITE)] = jnp.asarray(options.rho_init, jnp.float32)
     for layer in bnn.indicated_layers:
-        logit = np.log(bnn.init_inclusion) - np.log1p(-bnn.init_inclusion)
-        params[f"{layer.name}.z.logit"] = jnp.full((layer.units,), logit, jnp.float32)
+        logit = np.log(options.init_inclusion) - np.log1p(-options.init_inclusion)
+        params[logit_param(layer.name)] = jnp.full((layer.units,), logit, jnp.float32)
     for path, init in bnn.functional.initial.items():
         loc = jnp.asarray(init, jnp.float32)
-        if path in bnn.owner and not bnn.centred:
+        if path in bnn.owner and not options.centred:
             layer, axis = bnn.owner[path]
             scale = bnn.prior.weight_scale(initial_values, layer)
             loc = loc / unit_broadcast(scale, loc.ndim, axis)
-        site = bnn.weight_site(path)
-        params[f"{site}.loc"] = loc
-        params[f"{site}.rho"] = jnp.full(loc.shape, bnn.rho_init, jnp.float32)
+        site = weight_site(path)
+        params[loc_param(site)] = loc
+        params[rho_param(site)] = jnp.full(loc.shape, options.rho_init, jnp.float32)
     return params
 
 
-def sample_guide(bnn: "SparseBNN") -> dict[str, jax.Array]:
+def sample_guide(bnn: ModelSpec) -> dict[str, jax.Array]:
     """The guide body: ``numpyro.param`` + ``numpyro.sample`` of every latent site.
 
-    Under ``bnn.partitionable_noise`` (when set) as ``jax_threefry_partitionable``.
+    Returns ``{site: value}``. Under ``options.partitionable_noise`` (when set) as
+    ``jax_threefry_partitionable``.
     """
-    partitionable = getattr(bnn, "partitionable_noise", None)
+    partitionable = bnn.options.partitionable_noise
     if partitionable is None:
         return _sample_sites(bnn)
     with jax.threefry_partitionable(partitionable):
         return _sample_sites(bnn)
 
 
-def _sample_sites(bnn: "SparseBNN") -> dict[str, jax.Array]:
-    init = _cached_init(bnn)
+def _sample_sites(bnn: ModelSpec) -> dict[str, jax.Array]:
+    options, init = bnn.options, bnn.initial_params
+
+    def param(name):
+        return numpyro.param(name, init[name])
+
     values = {}
-    names = [s.name for s in bnn.prior.scale_sites(bnn.layers)] + (["noise"] if bnn.learns_noise else [])
-    for name in names:
-        loc = numpyro.param(f"{name}.loc", init[f"{name}.loc"])
-        scale = softplus(numpyro.param(f"{name}.rho", init[f"{name}.rho"]))
+    for name in scale_site_names(bnn):
+        loc, scale = param(loc_param(name)), softplus(param(rho_param(name)))
         values[name] = numpyro.sample(name, dist.LogNormal(loc, scale).to_event(jnp.ndim(loc)))
     for layer in bnn.indicated_layers:
         if not bnn.samples_indicator(layer):
             continue
-        logits = numpyro.param(f"{layer.name}.z.logit", init[f"{layer.name}.z.logit"])
-        values[f"{layer.name}.z"] = numpyro.sample(
-            f"{layer.name}.z", ConcreteBernoulli(logits, bnn.temperature, bnn.hard).to_event(1))
-    weight_noise = WEIGHT_NOISE[bnn.weight_noise]
+        site = indicator_site(layer.name)
+        values[site] = numpyro.sample(
+            site, ConcreteBernoulli(param(logit_param(layer.name)), options.temperature, options.hard).to_event(1))
+    weight_noise = WEIGHT_NOISE[options.weight_noise]
     for path, shape in bnn.shapes.items():
-        site = bnn.weight_site(path)
-        loc = numpyro.param(f"{site}.loc", init[f"{site}.loc"])
-        scale = softplus(numpyro.param(f"{site}.rho", init[f"{site}.rho"]))
+        site = weight_site(path)
+        loc, scale = param(loc_param(site)), softplus(param(rho_param(site)))
         values[site] = numpyro.sample(site, weight_noise(loc, scale).to_event(len(shape)))
     return values
-
-
-def _cached_init(bnn: "SparseBNN") -> dict[str, jax.Array]:
-    if getattr(bnn, "_init_cache", None) is None:
-        bnn._init_cache = init_params(bnn)
-    return bnn._init_cache

@@ -3,43 +3,48 @@
 >>> bnn = SparseBNN(MLP(784, (400, 400), 10, rngs=nnx.Rngs(0)), SpikeSlabGroupHorseshoe(), n_data=60000)
 >>> svi = numpyro.infer.SVI(bnn.model, bnn.guide, optax.adam(1e-3), bnn.elbo())
 
-Site names: ``{layer}.z`` (node indicators ``[units]``), the network's parameter paths for the
-weights (``layers.0.kernel``: ``w~`` in the non-centred form, ``w`` in the centred form), the
-prior's scale sites (``{layer}.tau2``, ``lam2``, ``{layer}.s2_a``, ``t2_a``, ...), ``noise`` for a
-learned Gaussian noise scale, and ``y`` for the observations.
+Site names (:mod:`sparse_bnn.spec`): ``{layer}.z`` (node indicators ``[units]``), the network's
+parameter paths for the weights (``layers.0.kernel``: ``w~`` in the non-centred form, ``w`` in the
+centred form), the prior's scale sites (``{layer}.tau2``, ``lam2``, ``{layer}.s2_a``, ``t2_a``, ...),
+``noise`` for a learned Gaussian noise scale, and ``y`` for the observations.
+
+The guide and the KL live in :mod:`sparse_bnn.guide` and :mod:`sparse_bnn.elbo`, which read only
+:mod:`sparse_bnn.spec` and the model object; this module assembles them into
+:meth:`SparseBNN.guide`, :meth:`SparseBNN.kl` and :meth:`SparseBNN.elbo`.
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, NamedTuple
+import dataclasses
+from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from flax import nnx
 
+from sparse_bnn import elbo as elbo_lib, guide as guide_lib
 from sparse_bnn.inclusion import layer_inclusion_probs
-from sparse_bnn.nets.base import FunctionalNet, Path, flatten_paths, UnitLayer, path_name, unit_broadcast
-from sparse_bnn.noise import WEIGHT_NOISE
+from sparse_bnn.nets.base import FunctionalNet, Path, UnitLayer, unit_broadcast
 from sparse_bnn.priors.base import Prior
+from sparse_bnn.spec import (LIKELIHOODS, NOISE_PRIOR_SCALE, NOISE_SITE, OBS_SITE, Masks, ModelOptions,
+                             UnitStructure, indicator_site, weight_site)
 
-LIKELIHOODS = ("categorical", "gaussian")
-NOISE_PRIOR_SCALE = 1.0
+__all__ = ["LIKELIHOODS", "Masks", "ModelOptions", "NOISE_PRIOR_SCALE", "SparseBNN"]
 
 
-class Masks(NamedTuple):
-    """Fixed 0/1 masks, passed to ``model``/``guide``/``kl`` as data (changing them never recompiles).
+class _Option:
+    """A :class:`SparseBNN` attribute that reads ``model.options.<name>``; assigning it replaces
+    ``options`` by a checked copy and drops what the model computed from the old options."""
 
-    * ``units``: ``{layer: [units]}``; a unit with mask 0 is switched off for good (its indicator
-      is fixed at 0 and it leaves the KL), as after shrinking or in the fine-tuning phase.
-    * ``weights``: ``{path name: array like the parameter}``; an entry with mask 0 is pruned
-      (element-wise Bayesian model reduction: prior scale ~0, so ``w = 0`` and no KL).
-    Layers/parameters absent from a mapping are unmasked.
-    """
+    def __set_name__(self, owner, name):
+        self.name = name
 
-    units: dict[str, jax.Array] = {}
-    weights: dict[str, jax.Array] = {}
+    def __get__(self, model, owner=None):
+        return self if model is None else getattr(model.options, self.name)
+
+    def __set__(self, model, value):
+        model.options = dataclasses.replace(model.options, **{self.name: value})
 
 
 class SparseBNN:
@@ -63,59 +68,57 @@ class SparseBNN:
         sampling, no Bernoulli KL, ``theta`` unused), everything else keeps training.
       weight_noise: generator of the guide's Gaussian weight noise (one normal per weight per
         step, the largest cost the guide adds to a step): ``"hash"`` (default) a keyed counter
-        hash (:mod:`sparse_bnn.noise`; ~1 ms of the MLP 784-400-400-10 step on CPU instead of
-        ~3.4 ms), ``"threefry"`` ``jax.random.normal``.
+        hash (:mod:`sparse_bnn.noise`), ``"threefry"`` ``jax.random.normal``.
       partitionable_noise: with ``weight_noise="threefry"`` only: ``jax_threefry_partitionable``
         while the guide draws its noise; ``None`` (default) follows JAX's global setting.
         ``False`` makes threefry hash once per two normals instead of once per normal.
+
+    The options from ``likelihood`` on are held, checked, in ``options``
+    (:class:`sparse_bnn.spec.ModelOptions`) and read as attributes (``bnn.centred``); the network's
+    unit layers and parameters in ``layers``, ``shapes``, ``owner`` and ``free_paths``
+    (:class:`sparse_bnn.spec.UnitStructure`).
     """
+
+    likelihood = _Option()
+    noise = _Option()
+    centred = _Option()
+    temperature = _Option()
+    hard = _Option()
+    init_inclusion = _Option()
+    rho_init = _Option()
+    freeze_indicators = _Option()
+    weight_noise = _Option()
+    partitionable_noise = _Option()
 
     def __init__(self, net: nnx.Module, prior: Prior, n_data: int, *, likelihood: str = "categorical",
                  noise: float | None = None, inclusion: str | float | Mapping[str, float] = "theory",
                  centred: bool = False, temperature: float = 0.5, hard: bool = True,
                  init_inclusion: float = 0.99, rho_init: float = -6.0, freeze_indicators: bool = False,
                  weight_noise: str = "hash", partitionable_noise: bool | None = None):
-        if likelihood not in LIKELIHOODS:
-            raise ValueError(f"unknown likelihood {likelihood!r}; choose one of {LIKELIHOODS}")
         if int(n_data) <= 0:
             raise ValueError(f"n_data must be a positive integer, got {n_data}")
-        if not (np.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        if not 0.0 < init_inclusion < 1.0:
-            raise ValueError(f"init_inclusion must be in (0, 1), got {init_inclusion}")
-        if noise is not None and not (np.isfinite(noise) and noise > 0):
-            raise ValueError(f"noise must be positive (or None to learn it), got {noise}")
-        if not np.isfinite(rho_init):
-            raise ValueError(f"rho_init must be finite, got {rho_init}")
-        if weight_noise not in WEIGHT_NOISE:
-            raise ValueError(f"unknown weight_noise {weight_noise!r}; choose one of {tuple(WEIGHT_NOISE)}")
-        if partitionable_noise is not None and weight_noise != "threefry":
-            raise ValueError("partitionable_noise is a threefry setting; it needs weight_noise='threefry'")
+        self.options = ModelOptions(
+            likelihood=likelihood, noise=noise, centred=centred, temperature=temperature, hard=hard,
+            init_inclusion=init_inclusion, rho_init=rho_init, freeze_indicators=freeze_indicators,
+            weight_noise=weight_noise, partitionable_noise=partitionable_noise)
         self.net, self.prior, self.n_data = net, prior, int(n_data)
-        self.likelihood, self.noise = likelihood, noise
-        self.centred, self.temperature, self.hard = centred, float(temperature), hard
-        self.init_inclusion, self.rho_init = float(init_inclusion), float(rho_init)
-        self.freeze_indicators = freeze_indicators
-        self.weight_noise = weight_noise
-        self.partitionable_noise = None if partitionable_noise is None else bool(partitionable_noise)
         self.functional = FunctionalNet(net)
-        self._programs: dict[str, Callable] = {}
-        self.layers: tuple[UnitLayer, ...] = tuple(net.unit_layers())
-        self.shapes: dict[Path, tuple[int, ...]] = {p: tuple(v.shape) for p, v in self.functional.initial.items()}
-        self.owner: dict[Path, tuple[UnitLayer, int]] = {}
-        state_paths = set(flatten_paths(nnx.to_pure_dict(self.functional.rest)))
-        for layer in self.layers:
-            for member in layer.members:
-                if member.path in state_paths:
-                    continue  # batch statistics follow their unit when pruning; they are not random
-                if member.path not in self.shapes:
-                    raise ValueError(f"layer {layer.name} names parameter {path_name(member.path)}, "
-                                     "which the network does not have")
-                self.owner[member.path] = (layer, member.axis)
-        self.free_paths = tuple(p for p in self.shapes if p not in self.owner)
+        self.layers, self.shapes, self.owner, self.free_paths = UnitStructure.of(net, self.functional)
         self.inclusion = layer_inclusion_probs(
             [l for l in self.layers if prior.is_indicated(l)] + [self.layers[-1]], self.n_data, inclusion) \
             if any(prior.is_indicated(l) for l in self.layers) else {}
+
+    @property
+    def options(self) -> ModelOptions:
+        """The checked options; assigning new ones drops the programs (:meth:`program`) and the
+        initial parameters (:attr:`initial_params`) made from the old ones."""
+        return self._options
+
+    @options.setter
+    def options(self, options: ModelOptions) -> None:
+        self._options = options
+        self._programs: dict[str, Callable] = {}
+        self._initial_params: dict[str, jax.Array] | None = None
 
     def program(self, name: str, fn: Callable) -> Callable:
         """``jax.jit(fn)``, made on the first call with ``name`` and kept on this model: it
@@ -133,10 +136,11 @@ class SparseBNN:
 
     @property
     def learns_noise(self) -> bool:
-        return self.likelihood == "gaussian" and self.noise is None
+        return self.options.learns_noise
 
     def weight_site(self, path: Path) -> str:
-        return path_name(path)
+        """The sample site of the parameter at ``path`` (:func:`sparse_bnn.spec.weight_site`)."""
+        return weight_site(path)
 
     def samples_indicator(self, layer: UnitLayer) -> bool:
         """Whether ``{layer}.z`` is a latent site (indicated and not frozen)."""
@@ -149,7 +153,7 @@ class SparseBNN:
         for layer in self.layers:
             gate = jnp.ones(())
             if self.samples_indicator(layer):
-                gate = values[f"{layer.name}.z"]
+                gate = values[indicator_site(layer.name)]
             if layer.name in masks.units:
                 gate = gate * masks.units[layer.name]
             if not self.centred:
@@ -164,7 +168,7 @@ class SparseBNN:
         gates = self.gates(values, masks)
         params = {}
         for path in self.shapes:
-            site = self.weight_site(path)
+            site = weight_site(path)
             weight = values[site]
             if path in self.owner:
                 layer, axis = self.owner[path]
@@ -178,22 +182,22 @@ class SparseBNN:
 
     def sample_latents(self) -> dict[str, jax.Array]:
         """``numpyro.sample`` of every latent site from the prior, in dependency order."""
-        sigma_0 = self.prior.sigma_0
         values = dict(self.prior.sample_scales(self.layers))
         for layer in self.indicated_layers:
             if not self.samples_indicator(layer):
                 continue
             probs = jnp.full((layer.units,), self.inclusion[layer.name])
-            values[f"{layer.name}.z"] = numpyro.sample(f"{layer.name}.z", dist.Bernoulli(probs=probs).to_event(1))
+            site = indicator_site(layer.name)
+            values[site] = numpyro.sample(site, dist.Bernoulli(probs=probs).to_event(1))
         for path, shape in self.shapes.items():
-            scale = jnp.full(shape, sigma_0)
+            scale = self.prior.slab_std(shape)
             if self.centred and path in self.owner:
                 layer, axis = self.owner[path]
                 scale = scale * unit_broadcast(self.prior.weight_scale(values, layer), len(shape), axis)
-            site = self.weight_site(path)
+            site = weight_site(path)
             values[site] = numpyro.sample(site, dist.Normal(0.0, scale).to_event(len(shape)))
         if self.learns_noise:
-            values["noise"] = numpyro.sample("noise", dist.HalfNormal(NOISE_PRIOR_SCALE))
+            values[NOISE_SITE] = numpyro.sample(NOISE_SITE, dist.HalfNormal(NOISE_PRIOR_SCALE))
         return values
 
     def observe(self, outputs: jax.Array, y: jax.Array | None, values: Mapping[str, jax.Array]) -> None:
@@ -201,11 +205,11 @@ class SparseBNN:
         batch = outputs.shape[0]
         with numpyro.plate("data", self.n_data, subsample_size=batch):
             if self.likelihood == "categorical":
-                numpyro.sample("y", dist.Categorical(logits=outputs), obs=y)
+                numpyro.sample(OBS_SITE, dist.Categorical(logits=outputs), obs=y)
             else:
-                noise = values["noise"] if self.learns_noise else self.noise
+                noise = values[NOISE_SITE] if self.learns_noise else self.noise
                 mean = outputs.reshape(batch, -1)
-                numpyro.sample("y", dist.Normal(mean, noise).to_event(1),
+                numpyro.sample(OBS_SITE, dist.Normal(mean, noise).to_event(1),
                                obs=None if y is None else y.reshape(batch, -1))
 
     def model(self, x: jax.Array, y: jax.Array | None = None, masks: Masks | None = None) -> jax.Array:
@@ -224,20 +228,23 @@ class SparseBNN:
     def guide(self, x: jax.Array | None = None, y: jax.Array | None = None,
               masks: Masks | None = None) -> dict[str, jax.Array]:
         """NumPyro guide: the structured mean field of ``math.md`` §3."""
-        from sparse_bnn.guide import sample_guide
-        return sample_guide(self)
+        return guide_lib.sample_guide(self)
 
     def init_params(self) -> dict[str, jax.Array]:
         """Initial variational parameters ``{name: array}`` (the guide's ``numpyro.param`` sites)."""
-        from sparse_bnn.guide import init_params
-        return init_params(self)
+        return guide_lib.init_params(self)
+
+    @property
+    def initial_params(self) -> Mapping[str, jax.Array]:
+        """:meth:`init_params`, computed once per model (and options): the guide's initial values."""
+        if self._initial_params is None:
+            self._initial_params = self.init_params()
+        return self._initial_params
 
     def kl(self, params: Mapping[str, jax.Array], masks: Masks | None = None) -> jax.Array:
         """Closed-form ``KL(q || p)`` of all latents (``math.md`` §4)."""
-        from sparse_bnn.elbo import analytic_kl
-        return analytic_kl(self, params, masks)
+        return elbo_lib.analytic_kl(self, params, masks)
 
-    def elbo(self):
+    def elbo(self) -> elbo_lib.AnalyticKLELBO:
         """The NumPyro ELBO objective with this model's closed-form KL."""
-        from sparse_bnn.elbo import AnalyticKLELBO
-        return AnalyticKLELBO(self.kl)
+        return elbo_lib.AnalyticKLELBO(self.kl)

@@ -2,7 +2,8 @@
 
 Inclusion probabilities, the median-probability model with posterior-mean weights (scales
 folded in), posterior samples of the network's parameters, and predictions by Bayesian model
-averaging over ``S`` samples.
+averaging over ``S`` samples. (:func:`batched` and :func:`sampled_outputs`, which need no model,
+live in :mod:`sparse_bnn.compact_io`; they are importable from here too.)
 """
 from __future__ import annotations
 
@@ -13,15 +14,16 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro.handlers import seed, substitute, trace
 
-from sparse_bnn.guide import lognormal_factors
-from sparse_bnn.model import Masks, SparseBNN
+from sparse_bnn.compact_io import batched, sampled_outputs
+from sparse_bnn.model import SparseBNN
 from sparse_bnn.nets.base import Path, unit_broadcast
 from sparse_bnn.noise import hash_normal
+from sparse_bnn.spec import NOISE_SITE, Masks, lognormal_factors, loc_param, logit_param, weight_site
 
 
 def inclusion_probs(bnn: SparseBNN, params: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
     """``{layer: gamma [units]}`` for every layer with (trainable) indicators."""
-    return {l.name: jax.nn.sigmoid(params[f"{l.name}.z.logit"]) for l in bnn.indicated_layers
+    return {l.name: jax.nn.sigmoid(params[logit_param(l.name)]) for l in bnn.indicated_layers
             if bnn.samples_indicator(l)}
 
 
@@ -36,7 +38,7 @@ def keep_masks(bnn: SparseBNN, params: Mapping[str, jax.Array], threshold: float
     for layer in bnn.layers[:-1]:
         kept = None
         if bnn.samples_indicator(layer):
-            kept = jax.nn.sigmoid(params[f"{layer.name}.z.logit"]) > threshold
+            kept = jax.nn.sigmoid(params[logit_param(layer.name)]) > threshold
         if layer.name in masks.units:
             unit_kept = jnp.asarray(masks.units[layer.name]) > 0.5
             kept = unit_kept if kept is None else kept & unit_kept
@@ -76,8 +78,8 @@ def posterior_mean_params(bnn: SparseBNN, params: Mapping[str, jax.Array], thres
     scales = expected_weight_scales(bnn, params) if not bnn.centred else {}
     weights = {}
     for path in bnn.shapes:
-        site = bnn.weight_site(path)
-        w = params[f"{site}.loc"] * masks.weights.get(site, 1.0)
+        site = weight_site(path)
+        w = params[loc_param(site)] * masks.weights.get(site, 1.0)
         if path in bnn.owner:
             layer, axis = bnn.owner[path]
             gate = jnp.ones(())
@@ -105,23 +107,9 @@ def sample_params(bnn: SparseBNN, params: Mapping[str, jax.Array], key: jax.Arra
     return draw(params, masks or Masks(), jax.random.split(key, n_samples))
 
 
-def sampled_outputs(apply: Callable, samples: Mapping[Path, jax.Array], x: jax.Array) -> jax.Array:
-    """Outputs ``[S, B, out]`` of ``apply(params, x)`` for ``S`` parameter samples
-    ``{path: [S, ...]}`` on a batch ``x [B, ...]``."""
-    outputs = jax.vmap(apply, in_axes=(0, None))(samples, x)
-    return outputs.reshape(outputs.shape[0], x.shape[0], -1)
-
-
 def averaged_probs(apply: Callable, samples: Mapping[Path, jax.Array], x: jax.Array) -> jax.Array:
     """Class probabilities ``[B, C]``: each sample's softmax, averaged (Bayesian model averaging)."""
     return jnp.mean(jax.nn.softmax(sampled_outputs(apply, samples, x), axis=-1), axis=0)
-
-
-def batched(fn: Callable, x: np.ndarray, batch_size: int) -> np.ndarray:
-    """``fn`` over ``x`` in batches of ``batch_size``, joined along the examples' axis (the
-    second of ``[S, B, out]`` outputs, else the first)."""
-    outs = [np.asarray(fn(jnp.asarray(x[i:i + batch_size]))) for i in range(0, x.shape[0], batch_size)]
-    return np.concatenate(outs, axis=-2 if outs[0].ndim == 3 else 0)
 
 
 def predict(bnn: SparseBNN, params: Mapping[str, jax.Array], x, *, n_samples: int = 10,
@@ -152,4 +140,4 @@ def noise_scale(bnn: SparseBNN, params: Mapping[str, jax.Array]) -> float:
     """The Gaussian likelihood's noise: fixed, or the posterior median of the learned one."""
     if bnn.likelihood != "gaussian":
         raise ValueError("noise_scale is for the gaussian likelihood")
-    return float(bnn.noise) if bnn.noise is not None else float(jnp.exp(params["noise.loc"]))
+    return float(bnn.noise) if bnn.noise is not None else float(jnp.exp(params[loc_param(NOISE_SITE)]))

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sparse_bnn import bmr
-from sparse_bnn.guide import softplus
+from sparse_bnn.spec import loc_param, rho_param, softplus
 from sparse_bnn.model import Masks, SparseBNN
 from sparse_bnn.nets.base import UnitLayer, unit_broadcast
 from sparse_bnn.shrink import Shrink, ShrinkSchedule, fewest_first
@@ -102,12 +102,12 @@ def posterior_moments(bnn: SparseBNN, params: Mapping[str, jax.Array]
     means, variances = {}, {}
     for path in bnn.shapes:
         site = bnn.weight_site(path)
-        for suffix in ("loc", "rho"):
-            if f"{site}.{suffix}" not in params:
-                raise ValueError(f"params has no {site + '.' + suffix!r}; pass the variational parameters of "
+        for name in (loc_param(site), rho_param(site)):
+            if name not in params:
+                raise ValueError(f"params has no {name!r}; pass the variational parameters of "
                                  "this model (bnn.init_params() or FitResult.params)")
-        means[site] = jnp.asarray(params[f"{site}.loc"])
-        variances[site] = softplus(jnp.asarray(params[f"{site}.rho"])) ** 2
+        means[site] = jnp.asarray(params[loc_param(site)])
+        variances[site] = softplus(jnp.asarray(params[rho_param(site)])) ** 2
     return means, variances
 
 
@@ -158,7 +158,7 @@ def delta_f_from_posterior(bnn: SparseBNN, params: Mapping[str, jax.Array], mask
         raise ValueError(f"reduced_var_ratio must be in (0, 1), got {reduced_var_ratio}")
     means, variances = posterior_moments(bnn, params)
     live = live_entries(bnn, masks)
-    prior_var = bnn.prior.sigma_0 ** 2
+    prior_var = bnn.prior.slab_variance()
     out = {}
     for site in means:
         delta_f = bmr.reduced_gaussian(means[site], 1.0 / variances[site], prior_var,

@@ -52,6 +52,7 @@ Example::
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any, Mapping, NamedTuple, Protocol, Sequence
@@ -62,12 +63,12 @@ import numpy as np
 from sparse_bnn.model import Masks, SparseBNN
 from sparse_bnn.nets.base import UnitLayer, unit_broadcast
 from sparse_bnn.prune import check_keep, compact
+from sparse_bnn.spec import VARIATIONAL_SUFFIXES, indicator_site, loc_param, logit_param, rho_param
 from sparse_bnn.train.hooks import Hook, unit_masks_with
 from sparse_bnn.train.loop import fit
 from sparse_bnn.train.state import FitResult, Fitting, TrainState
 
 DEFAULT_THRESHOLD = 0.05  # floor of the default removal threshold, see ShrinkSchedule
-VARIATIONAL_SUFFIXES = ("loc", "rho", "logit")
 
 __all__ = ["GammaRule", "RemovalRule", "Shrink", "ShrinkResult", "ShrinkSchedule", "ShrinkTracker", "bucketed_width",
            "fewest_first", "fit_shrinking", "keep_from_origin", "release_units", "removal_threshold", "shrunk_model", "site_unit_axes", "slice_masks",
@@ -139,7 +140,7 @@ def site_unit_axes(bnn: SparseBNN) -> dict[str, list[tuple[str, int, int]]]:
             if ref.path in bnn.shapes:
                 axes.setdefault(bnn.weight_site(ref.path), []).append((layer.name, ref.axis, ref.interleave))
         if bnn.samples_indicator(layer):
-            axes.setdefault(f"{layer.name}.z", []).append((layer.name, 0, 1))
+            axes.setdefault(indicator_site(layer.name), []).append((layer.name, 0, 1))
         for name, shape in scale_sites.items():
             if name.startswith(f"{layer.name}.") and shape == (layer.units,):
                 axes.setdefault(name, []).append((layer.name, 0, 1))
@@ -254,12 +255,8 @@ def shrunk_model(bnn: SparseBNN, keep: Mapping[str, Any]) -> SparseBNN:
                 "unit; that constant cannot be folded into a random consumer bias, so this "
                 "network cannot shrink while training. Use an activation with activation(0) = 0.")
     net, _ = compact(bnn.net, bnn.functional.initial, masks)
-    return SparseBNN(net, bnn.prior, bnn.n_data, likelihood=bnn.likelihood, noise=bnn.noise,
-                     inclusion=dict(bnn.inclusion) if bnn.inclusion else "theory",
-                     centred=bnn.centred, temperature=bnn.temperature, hard=bnn.hard,
-                     init_inclusion=bnn.init_inclusion, rho_init=bnn.rho_init,
-                     freeze_indicators=bnn.freeze_indicators, weight_noise=bnn.weight_noise,
-                     partitionable_noise=bnn.partitionable_noise)
+    return SparseBNN(net, bnn.prior, bnn.n_data, inclusion=dict(bnn.inclusion) if bnn.inclusion else "theory",
+                     **dataclasses.asdict(bnn.options))
 
 
 def shrink_state(bnn: SparseBNN, state: TrainState, keep: Mapping[str, Any]
@@ -287,7 +284,7 @@ def release_units(bnn: SparseBNN, params: Mapping[str, jax.Array], opt_state: An
     Returns:
       ``(params, opt_state)``.
     """
-    rho_prior = float(np.log(np.expm1(bnn.prior.sigma_0)))
+    rho_prior = bnn.prior.slab_rho()
     # Host-side NumPy throughout: eager device ops would compile once per new shape.
     rows: dict[str, np.ndarray] = {}     # weight site -> bool mask of entries to release
     own: dict[str, np.ndarray] = {}      # weight site -> bool mask of the removed units' own entries
@@ -304,13 +301,13 @@ def release_units(bnn: SparseBNN, params: Mapping[str, jax.Array], opt_state: An
                 target[site] = target[site] | hit if site in target else hit
     params = dict(params)
     for site, hit in rows.items():
-        params[f"{site}.loc"] = _where(hit, 0.0, params[f"{site}.loc"])
-        params[f"{site}.rho"] = _where(hit, rho_prior, params[f"{site}.rho"])
+        params[loc_param(site)] = _where(hit, 0.0, params[loc_param(site)])
+        params[rho_param(site)] = _where(hit, rho_prior, params[rho_param(site)])
     stopped = {}
     for site in set(rows) | set(own):
         row_hit, own_hit = rows.get(site), own.get(site)
         hit = own_hit if row_hit is None else row_hit if own_hit is None else row_hit | own_hit
-        stopped[f"{site}.loc"] = stopped[f"{site}.rho"] = hit
+        stopped[loc_param(site)] = stopped[rho_param(site)] = hit
     names = set(params)
 
     def is_params_like(node) -> bool:
@@ -411,7 +408,7 @@ class GammaRule:
             return {}, tracker
         gone, below = {}, {}
         for name in tracker.origin:
-            gamma = np.asarray(jax.nn.sigmoid(state.params[f"{name}.z.logit"]))
+            gamma = np.asarray(jax.nn.sigmoid(state.params[logit_param(name)]))
             alive = np.asarray(state.masks.units[name]) > 0.5
             below[name] = np.where(alive & (gamma < removal_threshold(bnn, name, schedule)),
                                    tracker.below[name] + 1, 0)

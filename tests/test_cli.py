@@ -300,18 +300,18 @@ def test_resuming_compares_the_shrink_options_only_of_shrinking_runs(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     for shrink in (False, True):
-        saved = RunConfig(out=str(run), data="digits", shrink=shrink)
-        saved.shrink_factor = 0.5  # the default until 2026-12-02
+        # 0.5: the default until 2026-12-02
+        saved = RunConfig.flat(out=str(run), data="digits", shrink=shrink, shrink_factor=0.5)
         (run / "config.json").write_text(json.dumps({"run": saved.to_dict()}))
-        now = RunConfig(out=str(run), data="digits", shrink=shrink)
+        now = RunConfig.flat(out=str(run), data="digits", shrink=shrink)
         if shrink:
             with pytest.raises(RunDirectoryError, match="shrink_factor: saved 0.5, now 0.25"):
                 _check_resumable(run, now)
-            _check_resumable(run, RunConfig(out=str(run), data="digits", shrink=True, shrink_factor=0.5))
+            _check_resumable(run, RunConfig.flat(out=str(run), data="digits", shrink=True, shrink_factor=0.5))
         else:
             _check_resumable(run, now)
         with pytest.raises(RunDirectoryError, match="shrink: saved"):
-            _check_resumable(run, RunConfig(out=str(run), data="digits", shrink=not shrink))
+            _check_resumable(run, RunConfig.flat(out=str(run), data="digits", shrink=not shrink))
 
 
 def test_regression_run_with_fine_tuning(tmp_path):

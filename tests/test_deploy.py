@@ -33,7 +33,7 @@ def image_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("deploy")
     arrays = digit_images()
     np.savez(folder / "digits_images.npz", **arrays)
-    config = RunConfig(out=str(folder / "run"), data=str(folder / "digits_images.npz"), net="mlp", widths=[24, 16],
+    config = RunConfig.flat(out=str(folder / "run"), data=str(folder / "digits_images.npz"), net="mlp", widths=[24, 16],
                        prior="ss-ghs", epochs=8, batch_size=64, lr=1e-2, rho_init=-3.0, samples=4, latency=False)
     metrics = run_experiment(config, progress=False)
     return folder / "run", arrays, metrics
@@ -108,7 +108,7 @@ def test_runs_saved_without_their_preprocessing_recompute_it(image_run, tmp_path
 
 
 def test_regression_predictions_come_in_the_targets_units(tmp_path):
-    config = RunConfig(out=str(tmp_path / "run"), data="teacher", net="mlp", widths=[8], prior="ss-ghs", epochs=30,
+    config = RunConfig.flat(out=str(tmp_path / "run"), data="teacher", net="mlp", widths=[8], prior="ss-ghs", epochs=30,
                        batch_size=50, n_train=300, n_test=100, lr=1e-2, rho_init=-3.0, samples=4, latency=False)
     metrics = run_experiment(config, progress=False)
     x, y, _ = make_teacher_regression(400, seed=0)  # the run's generator: train first, then test

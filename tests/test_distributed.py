@@ -16,7 +16,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from sparse_bnn import distributed
-from sparse_bnn.fit import fit
+from sparse_bnn.train import fit
 from sparse_bnn.model import SparseBNN
 from sparse_bnn.nets.mlp import MLP
 from sparse_bnn.priors import get_prior
@@ -48,7 +48,7 @@ FOUR_DEVICES = textwrap.dedent(r"""
     import jax, numpy as np
     sys.path.insert(0, sys.argv[1])
     from tests.test_distributed import make_bnn, make_data, BATCH
-    from sparse_bnn.fit import fit
+    from sparse_bnn.train import fit
 
     assert jax.device_count() == 4, jax.devices()
     x, y = make_data()

@@ -4,7 +4,7 @@ import optax
 from flax import nnx
 from numpyro.handlers import seed, substitute, trace
 
-from sparse_bnn.fit import fit
+from sparse_bnn.train import fit
 from sparse_bnn.model import Masks, SparseBNN
 from sparse_bnn.nets import NETS
 from sparse_bnn.posterior import keep_masks

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from sparse_bnn.data import make_teacher_regression
-from sparse_bnn.fit import DivergenceError, fit, init_state, learning_rate_schedule, load_checkpoint, svi_optimizer
+from sparse_bnn.train import DivergenceError, fit, init_state, learning_rate_schedule, load_checkpoint, svi_optimizer
 from sparse_bnn.model import SparseBNN
 from sparse_bnn.nets import MLP
 from sparse_bnn.posterior import predict, predict_mean
@@ -91,7 +91,7 @@ def test_learning_rate_schedule_checks():
 
 
 class _Clock:
-    """A stand-in for ``time`` in :mod:`sparse_bnn.fit`: each fake epoch takes ``epoch_seconds``."""
+    """A stand-in for ``time`` in :mod:`sparse_bnn.train.loop`: each fake epoch takes ``epoch_seconds``."""
 
     def __init__(self):
         self.now = 0.0
@@ -236,7 +236,7 @@ def test_teacher_units_are_recovered(prior):
 
 
 def test_indicator_learning_rate_scales_only_the_indicator_updates():
-    from sparse_bnn.fit import svi_optimizer
+    from sparse_bnn.train import svi_optimizer
     bnn = small_bnn()
     params = bnn.init_params()
     grads = {k: jax.numpy.ones_like(v) for k, v in params.items()}
@@ -297,3 +297,19 @@ def test_digits_classification_with_most_units_switched_off(prior):
     bma = np.mean(predict(bnn, result.params, data.x_test).argmax(-1) == data.y_test)
     median_model = np.mean(predict_mean(bnn, result.params, data.x_test).argmax(-1) == data.y_test)
     assert bma >= 0.93 and median_model >= 0.93, (bma, median_model)
+
+
+def test_the_old_import_path_and_the_package_export_are_the_training_loop():
+    """``sparse_bnn.fit`` (the former module) still exports the loop's names, and ``from sparse_bnn
+    import fit`` is callable whichever of module and function the import finds."""
+    import sparse_bnn
+    import sparse_bnn.fit as old
+    from sparse_bnn import fit as exported
+    from sparse_bnn.train import fit as loop_fit
+    assert old.fit is loop_fit and old.svi_optimizer is svi_optimizer and callable(sparse_bnn.fit)
+    x, y = small_problem()
+    for function in (exported, old, loop_fit):
+        result = function(small_bnn(), x, y, epochs=1, batch_size=64, seed=3, progress=False)
+        assert result.history[0]["epoch"] == 1
+    assert old(small_bnn(), x, y, epochs=1, batch_size=64, seed=3, progress=False).history[0]["loss"] == \
+        loop_fit(small_bnn(), x, y, epochs=1, batch_size=64, seed=3, progress=False).history[0]["loss"]

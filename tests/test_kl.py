@@ -8,7 +8,7 @@ from scipy import stats
 
 from sparse_bnn import kl
 from sparse_bnn.nets.base import UnitLayer
-from sparse_bnn.priors import Flat, SpikeSlabGroupHorseshoe, SpikeSlabGroupLasso
+from sparse_bnn.priors import PRIORS, Flat, SpikeSlabGroupHorseshoe, SpikeSlabGroupLasso, get_prior
 from sparse_bnn.priors.base import LogNormalFactor
 
 N_MC = 400_000
@@ -131,3 +131,45 @@ def test_half_cauchy_as_gamma_times_inverse_gamma():
     s = np.sqrt(np.asarray(a * b, np.float64))
     statistic = stats.kstest(s, stats.halfcauchy(scale=np.sqrt(A)).cdf).statistic
     assert statistic < 0.01
+
+
+# -- the slab N(0, sigma_0^2) of w~, owned by the prior ---------------------------------------
+
+SLAB_PRIORS = [get_prior(name, sigma_0=sigma_0) for name in sorted(PRIORS) for sigma_0 in (1.0, 0.2)]
+
+
+@pytest.mark.parametrize("prior", SLAB_PRIORS, ids=lambda p: f"{p.name}-{p.sigma_0}")
+def test_slab_kl_against_monte_carlo(prior):
+    """``Prior.slab_kl`` elementwise against MC of ``E_q[log q(w) - log N(w; 0, sigma_0^2)]``."""
+    locs, scales = np.array([0.3, -1.2, 0.0, 0.05]), np.array([0.05, 0.8, 2.0, 0.2])
+    closed = np.asarray(prior.slab_kl(jnp.asarray(locs), jnp.asarray(scales)))
+    assert closed.shape == locs.shape
+    for i, (loc, scale) in enumerate(zip(locs, scales)):
+        assert_close_mc(float(closed[i]), dist.Normal(loc, scale), dist.Normal(0.0, prior.sigma_0))
+
+
+@pytest.mark.parametrize("prior", SLAB_PRIORS, ids=lambda p: f"{p.name}-{p.sigma_0}")
+def test_slab_rho_std_and_variance(prior):
+    """``softplus(slab_rho) = sigma_0``: there the guide's ``N(0, softplus(rho)^2)`` is the slab."""
+    rho = prior.slab_rho()
+    assert float(jax.nn.softplus(rho)) == pytest.approx(prior.sigma_0, rel=1e-6)
+    assert np.log1p(np.exp(rho)) == pytest.approx(prior.sigma_0, rel=1e-12)  # float64, by hand
+    assert float(prior.slab_kl(0.0, jax.nn.softplus(rho))) == pytest.approx(0.0, abs=1e-6)
+    assert prior.slab_variance() == pytest.approx(prior.sigma_0**2, rel=1e-15)
+    std = prior.slab_std((3, 2))
+    assert std.shape == (3, 2) and np.allclose(std, prior.sigma_0)
+
+
+def test_scaled_slab_kl_against_monte_carlo():
+    """Centred form: ``E_v[KL(N(mu, s^2) || N(0, sigma_0^2 v))]`` for a log-normal ``v``, against
+    a joint MC over ``v`` and ``w`` (no closed form inside)."""
+    prior = SpikeSlabGroupLasso(sigma_0=0.3)
+    mu, s, m, sv = 0.4, 0.1, -1.0, 0.5
+    closed = float(prior.scaled_slab_kl(mu, s, m, np.exp(-m + sv**2 / 2)))
+    rng = np.random.default_rng(0)
+    v = np.exp(m + sv * rng.standard_normal(N_MC))
+    w = mu + s * rng.standard_normal(N_MC)
+    prior_var = prior.sigma_0**2 * v
+    diff = (stats.norm.logpdf(w, mu, s) - stats.norm.logpdf(w, 0.0, np.sqrt(prior_var)))
+    estimate, stderr = diff.mean(), diff.std() / np.sqrt(N_MC)
+    assert abs(closed - estimate) <= max(0.01 * abs(estimate), 5 * stderr), (closed, estimate, stderr)

@@ -10,7 +10,7 @@ from numpyro.handlers import seed, substitute, trace
 from scipy import stats
 from scipy.special import gammaln, log_softmax, softplus
 
-from sparse_bnn.fit import loss_fn, make_step
+from sparse_bnn.train import loss_fn, make_step
 from sparse_bnn.guide import ConcreteBernoulli
 from sparse_bnn.model import Masks, SparseBNN
 from sparse_bnn.nets import MLP

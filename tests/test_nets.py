@@ -419,7 +419,7 @@ def test_run_config_activation_reaches_the_conv_nets(net, shape, activation):
     nets without an activation argument (ViT, Mixer) ignore it."""
     dataset = SimpleNamespace(input_shape=shape, num_classes=10, task="classification", name="images")
     extra = {} if activation is None else {"activation": activation}
-    built = net_config(RunConfig(out="unused", net=net, **extra), dataset)
+    built = net_config(RunConfig.flat(out="unused", net=net, **extra), dataset)
     if net == "vit":
         assert "activation" not in built
         return

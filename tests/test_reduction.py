@@ -395,8 +395,8 @@ def test_bmr_from_the_cli_options(tmp_path, mode, shrink, epochs, batch_size, wa
     the warm-up (W, by default 5 epochs), writes the usual run directory and reports against the
     original network."""
     import json
-    from sparse_bnn.cli import build_parser
-    from sparse_bnn.run import RunConfig, build_model, load_run_dataset, net_config, run_experiment
+    from sparse_bnn.cli import build_parser, config_from_args
+    from sparse_bnn.run import build_model, load_run_dataset, net_config, run_experiment
 
     out = tmp_path / "run"
     args = build_parser().parse_args(
@@ -404,14 +404,14 @@ def test_bmr_from_the_cli_options(tmp_path, mode, shrink, epochs, batch_size, wa
          "--bmr", mode, *(["--shrink"] if shrink else []), "--batch-size", str(batch_size), "--lr", "1e-2",
          "--rho-init", "-3", "--epochs", str(epochs), "--samples", "2", "--no-latency", "--weight-noise", "threefry",
          *(["--bmr-warmup", str(warmup)] if warmup is not None else []), "--out", str(out)])
-    config = RunConfig(**{k: v for k, v in vars(args).items() if k in set(RunConfig.__dataclass_fields__)})
+    config = config_from_args(args)
     dataset = load_run_dataset(config)
     assert build_model(config, dataset, net_config(config, dataset)).weight_noise == "threefry"
     metrics = run_experiment(config, progress=False)
     history = json.loads((out / "history.json").read_text())
     saved = json.loads((out / "config.json").read_text())["run"]
-    assert (saved["bmr"], saved["bmr_warmup"], saved["shrink"], saved["weight_noise"]) == \
-        (mode, warmup, shrink, "threefry")
+    assert (saved["bmr"]["mode"], saved["bmr"]["warmup"], saved["shrink"]["enabled"],
+            saved["model"]["weight_noise"]) == (mode, warmup, shrink, "threefry")
     for name in ("metrics.json", "report.json", "compact"):
         assert (out / name).exists(), name
     assert metrics["total_units"] == {"dense0": 24, "dense1": 16}
@@ -438,13 +438,13 @@ def test_bmr_cli_option_conflicts(tmp_path):
     from sparse_bnn.run import RunConfig
     base = dict(out=str(tmp_path / "bad"), data="digits", prior="flat")
     with pytest.raises(ValueError, match="nodewise"):
-        RunConfig(**base, bmr="elementwise", shrink=True).check()
+        RunConfig.flat(**base, bmr="elementwise", shrink=True).check()
     with pytest.raises(ValueError, match="--shrink-patience"):
-        RunConfig(**base, bmr="nodewise", shrink=True, shrink_patience=5).check()
+        RunConfig.flat(**base, bmr="nodewise", shrink=True, shrink_patience=5).check()
     with pytest.raises(ValueError, match="weight_noise"):
-        RunConfig(**base, weight_noise="philox").check()
+        RunConfig.flat(**base, weight_noise="philox").check()
     with pytest.raises(ValueError, match="give --bmr"):
-        RunConfig(**base, bmr_warmup=3).check()
+        RunConfig.flat(**base, bmr_warmup=3).check()
     with pytest.raises(ValueError, match="between 0 and the epochs"):
-        RunConfig(**base, bmr="nodewise", epochs=5, bmr_warmup=6).check()
-    RunConfig(**base, bmr="nodewise", shrink=True).check()
+        RunConfig.flat(**base, bmr="nodewise", epochs=5, bmr_warmup=6).check()
+    RunConfig.flat(**base, bmr="nodewise", shrink=True).check()

@@ -27,7 +27,7 @@ from flax import nnx
 from numpyro.primitives import Messenger
 
 from sparse_bnn.elbo import elbo_terms
-from sparse_bnn.fit import init_state, svi_optimizer
+from sparse_bnn.train import init_state, svi_optimizer
 from sparse_bnn.guide import ConcreteBernoulli, softplus
 from sparse_bnn.kl import kl_lognormal_gamma, kl_lognormal_invgamma, kl_normal
 from sparse_bnn.model import Masks, SparseBNN
@@ -418,7 +418,7 @@ def test_digits_with_and_without_shrinking_agree():
     compilations of ~35 s each dominate.
     """
     from sparse_bnn.data import load_dataset
-    from sparse_bnn.fit import fit
+    from sparse_bnn.train import fit
     from sparse_bnn.posterior import keep_masks, predict, predict_mean
 
     data = load_dataset("digits")
@@ -461,7 +461,7 @@ def test_digits_with_and_without_shrinking_agree():
 
 def test_shrink_from_the_run_api_and_cli_options(tmp_path):
     """``--shrink`` with its options and ``--rho-init`` reach the model and the run directory."""
-    from sparse_bnn.cli import build_parser
+    from sparse_bnn.cli import build_parser, config_from_args
     from sparse_bnn.run import RunConfig, build_model, load_run_dataset, net_config, run_experiment
 
     args = build_parser().parse_args(
@@ -469,8 +469,7 @@ def test_shrink_from_the_run_api_and_cli_options(tmp_path):
          "--batch-size", "64", "--lr", "1e-2", "--indicator-lr", "0.2", "--inclusion", "1e-3", "--rho-init", "-3",
          "--shrink", "--shrink-warmup", "2", "--shrink-patience", "2", "--shrink-threshold", "0.05",
          "--shrink-factor", "1", "--epochs", "25", "--samples", "2", "--no-latency", "--out", str(tmp_path / "run")])
-    names = set(RunConfig.__dataclass_fields__)
-    config = RunConfig(**{k: v for k, v in vars(args).items() if k in names})
+    config = config_from_args(args)
     assert config.shrink_schedule() == ShrinkSchedule(warmup_epochs=2, patience=2, threshold=0.05, shrink_factor=1.0)
     dataset = load_run_dataset(config)
     assert build_model(config, dataset, net_config(config, dataset)).rho_init == -3.0
@@ -493,11 +492,11 @@ def test_shrink_from_the_run_api_and_cli_options(tmp_path):
     assert metrics["params_dense"] == (64 * 24 + 24) + (24 * 16 + 16) + (16 * 10 + 10)
     assert all(metrics["kept_units"][name] <= history[-1]["alive"][name] for name in ("dense0", "dense1"))
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["run"]
-    assert (saved["rho_init"], saved["shrink_threshold"], saved["shrink_patience"]) == (-3.0, 0.05, 2)
+    assert (saved["model"]["rho_init"], saved["shrink"]["threshold"], saved["shrink"]["patience"]) == (-3.0, 0.05, 2)
 
     with pytest.raises(ValueError, match="patience"):
-        RunConfig(out=str(tmp_path / "bad"), data="digits", shrink=True, shrink_patience=0).check()
+        RunConfig.flat(out=str(tmp_path / "bad"), data="digits", shrink=True, shrink_patience=0).check()
     with pytest.raises(ValueError, match="shrink_factor must lie"):
-        RunConfig(out=str(tmp_path / "bad"), data="digits", shrink=True, shrink_factor=1.5).check()
+        RunConfig.flat(out=str(tmp_path / "bad"), data="digits", shrink=True, shrink_factor=1.5).check()
     with pytest.raises(ValueError, match="--shrink-threshold, --shrink-factor set how --shrink .*give --shrink too"):
-        RunConfig(out=str(tmp_path / "bad"), data="digits", shrink_factor=0.5, shrink_threshold=0.1).check()
+        RunConfig.flat(out=str(tmp_path / "bad"), data="digits", shrink_factor=0.5, shrink_threshold=0.1).check()

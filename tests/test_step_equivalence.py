@@ -17,7 +17,7 @@ import numpyro
 import pytest
 from flax import nnx
 
-from sparse_bnn.fit import loss_fn
+from sparse_bnn.train import loss_fn
 from sparse_bnn.model import Masks, SparseBNN
 from sparse_bnn.nets import MLP
 from sparse_bnn.priors import get_prior

@@ -1,8 +1,10 @@
 """The prior protocol: what a shrinkage prior over node groups has to say (``math.md`` §2-§4).
 
-A prior is a small frozen dataclass of hyperparameters. The pieces every prior shares (node
-indicators ``z``, the slab ``w~ ~ N(0, sigma_0^2)``, the normal guide of ``w~``) live in
-:mod:`sparse_bnn.model`; a prior only adds its *scales*:
+A prior is a small frozen dataclass of hyperparameters. Every prior owns the slab of the
+non-centred weights, ``w~ ~ N(0, sigma_0^2)`` elementwise (:meth:`Prior.slab_std`,
+:meth:`Prior.slab_variance`, :meth:`Prior.slab_kl`, :meth:`Prior.slab_rho`); the node indicators
+``z`` and the normal guide of ``w~`` are shared by all priors (:mod:`sparse_bnn.model`,
+:mod:`sparse_bnn.guide`). A prior adds its *scales*:
 
 * ``scale_sites(layers)``: the positive latent variables it introduces (``tau2``, ``lam2``,
   ``s2_a``, ...), each fitted by a log-normal factor in the guide;
@@ -23,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sparse_bnn.kl import kl_normal, kl_normal_expected_var
 from sparse_bnn.nets.base import UnitLayer
 
 
@@ -52,6 +55,36 @@ class Prior:
     def __post_init__(self):
         if not (np.isfinite(self.sigma_0) and self.sigma_0 > 0):
             raise ValueError(f"sigma_0 must be positive and finite, got {self.sigma_0}")
+
+    # -- the slab N(0, sigma_0^2) of w~ -------------------------------------------------------
+
+    def slab_variance(self) -> float:
+        """``sigma_0^2``, the variance of the slab ``w~ ~ N(0, sigma_0^2)``."""
+        return self.sigma_0**2
+
+    def slab_std(self, shape: tuple[int, ...]) -> jax.Array:
+        """The slab's standard deviation ``sigma_0`` for every entry of an array of ``shape``."""
+        return jnp.full(shape, self.sigma_0)
+
+    def slab_rho(self) -> float:
+        """``softplus^-1(sigma_0)``: the ``rho`` at which the guide's ``N(0, softplus(rho)^2)``
+        is the slab (so its KL from the slab is 0)."""
+        return float(np.log(np.expm1(self.sigma_0)))
+
+    def slab_kl(self, loc: jax.Array, scale: jax.Array) -> jax.Array:
+        """``KL(N(loc, scale^2) || N(0, sigma_0^2))``, elementwise (non-centred form)."""
+        return kl_normal(loc, scale, self.slab_variance())
+
+    def scaled_slab_kl(self, loc: jax.Array, scale: jax.Array, expected_log_var: jax.Array,
+                       expected_inv_var: jax.Array) -> jax.Array:
+        """``E_v[KL(N(loc, scale^2) || N(0, sigma_0^2 v))]`` elementwise, given ``E[log v]`` and
+        ``E[1/v]`` of the squared weight scale ``v`` under the guide (centred form; see
+        :meth:`variance_moments`)."""
+        slab_var = self.slab_variance()
+        return kl_normal_expected_var(loc, scale, jnp.log(slab_var) + expected_log_var,
+                                      expected_inv_var / slab_var)
+
+    # -- the prior's scales ------------------------------------------------------------------
 
     def scale_sites(self, layers: Sequence[UnitLayer]) -> tuple[ScaleSite, ...]:
         return ()

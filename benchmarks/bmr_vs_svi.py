@@ -45,15 +45,16 @@ import numpy as np
 import optax
 from flax import nnx
 
-from sparse_bnn.data import load_dataset
+from sparse_bnn.data.sources import load_dataset
 from sparse_bnn.train import fit, svi_optimizer
 from sparse_bnn.metrics import classification_metrics
-from sparse_bnn.model import SparseBNN
+from sparse_bnn.core.model import SparseBNN
 from sparse_bnn.nets import NETS, MLP
-from sparse_bnn.posterior import predict
+from sparse_bnn.core.posterior import predict
 from sparse_bnn.priors import get_prior
-from sparse_bnn.reduction import fit_with_bmr, resolve_warmup_epochs, sparsity
-from sparse_bnn.shrink import ShrinkSchedule, fit_shrinking
+from sparse_bnn.sparsify.reduction import fit_with_bmr, resolve_warmup_epochs
+from sparse_bnn.sparsify.scores import sparsity
+from sparse_bnn.sparsify.shrink import ShrinkSchedule, fit_shrinking
 
 RESULTS = Path(__file__).parent / "results"
 METHODS = ("map", "flat-svi", "group-horseshoe", "bmr-elementwise", "bmr-nodewise", "ss-gl", "ss-ghs",

@@ -1,6 +1,6 @@
 """Time each of the first epochs separately: SS-GHS SVI against the deterministic MLP.
 
-Real Fashion-MNIST (``sparse_bnn.data.load_dataset("fashion-mnist")``), MLP 784-400-400-10,
+Real Fashion-MNIST (``sparse_bnn.data.sources.load_dataset("fashion-mnist")``), MLP 784-400-400-10,
 batch 1024, each epoch one jitted ``lax.scan`` as ``sparse_bnn.train`` runs it. Compilation is
 timed apart (AOT ``.lower().compile()``), and every epoch is timed with ``block_until_ready``;
 epochs of the two configurations are interleaved so that machine noise hits both alike.
@@ -33,7 +33,7 @@ import numpy as np
 from flax import nnx
 
 from step_time import RESULTS, deterministic_epoch, svi_epoch  # benchmarks/ is on sys.path
-from sparse_bnn.data import load_dataset
+from sparse_bnn.data.sources import load_dataset
 from sparse_bnn.nets import MLP
 
 TINY = np.finfo(np.float32).tiny

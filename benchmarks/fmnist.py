@@ -6,9 +6,9 @@ Methods (``--priors``):
 * ``ss-gl`` / ``ss-ghs`` / ``ss-ig``: spike-and-slab group lasso / group horseshoe / Gaussian;
 * ``gaussian``: dense mean-field Gaussian BNN (no pruning; the baseline);
 * ``bmr``: flat model trained with node-wise Bayesian model reduction
-  (:func:`sparse_bnn.reduction.fit_with_bmr`, ``mode="nodewise"``).
+  (:func:`sparse_bnn.sparsify.reduction.fit_with_bmr`, ``mode="nodewise"``).
 
-Every (net, method) pair is one :func:`sparse_bnn.run.run_experiment`, so the numbers are
+Every (net, method) pair is one :func:`sparse_bnn.experiment.run.run_experiment`, so the numbers are
 exactly what ``sparse-bnn fit`` reports: test accuracy, NLL and ECE of Bayesian model averaging
 over 10 posterior samples, the same for the compact median-probability network, kept units per
 layer, parameter density, FLOPs of the compact network in % of the dense one, measured forward
@@ -39,8 +39,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from sparse_bnn.train import LR_SCHEDULES  # noqa: E402
-from sparse_bnn.config import RunConfig, ShrinkConfig  # noqa: E402
-from sparse_bnn.run import run_experiment  # noqa: E402
+from sparse_bnn.experiment.config import RunConfig, ShrinkConfig  # noqa: E402
+from sparse_bnn.experiment.run import run_experiment  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 NETS = ("mlp", "lenet5-caffe")

@@ -1,8 +1,8 @@
 """Dense vs compact network: measured speed-up against the FLOP ratio.
 
 Every prunable unit layer of the net keeps a random 50%, 20%, 10% or 5% of its units (at least
-one); the compact network comes from :func:`sparse_bnn.prune.compact`, FLOPs from
-:func:`sparse_bnn.report.count_macs` and latency from :func:`sparse_bnn.report.forward_latency`
+one); the compact network comes from :func:`sparse_bnn.compact.prune.compact`, FLOPs from
+:func:`sparse_bnn.compact.report.count_macs` and latency from :func:`sparse_bnn.compact.report.forward_latency`
 (median of jitted forward passes after warm-up; dense and compact take turns in blocks of
 consecutive calls), on whatever device JAX uses by default.
 
@@ -41,8 +41,8 @@ from jax.extend import core as jcore
 from sparse_bnn.nets import MLP, FunctionalNet
 from sparse_bnn.nets.lenet import LeNet5Caffe
 from sparse_bnn.nets.resnet import ResNet
-from sparse_bnn.prune import compact
-from sparse_bnn.report import count_macs, count_params, forward_latency, jaxpr_macs
+from sparse_bnn.compact.prune import compact
+from sparse_bnn.compact.report import count_macs, count_params, forward_latency, jaxpr_macs
 
 RESULTS = Path(__file__).parent / "results"
 DENSITIES = (0.5, 0.2, 0.1, 0.05)
@@ -82,7 +82,7 @@ def masked_macs(net: nnx.Module, keep: Mapping[str, np.ndarray], input_shape: Se
 
     The network is traced as a function of its parameters; every ``dot_general`` or
     ``conv_general_dilated`` whose kernel is a parameter counts its MACs (as
-    :func:`sparse_bnn.report.jaxpr_macs` does) times the kept fraction of the kernel's output
+    :func:`sparse_bnn.compact.report.jaxpr_macs` does) times the kept fraction of the kernel's output
     units (the unit layer it is a member of) and of its input units (the unit layer it
     consumes). Other work counts in full.
     """

@@ -44,7 +44,8 @@ def load_data(args: argparse.Namespace):
     """``(x, y, augment)``: Fashion-MNIST's training set (flips, as the main job) or synthetic data."""
     import numpy as np
     if args.data == "fashion-mnist":
-        from sparse_bnn.data import flip_augment, load_dataset
+        from sparse_bnn.data.preprocess import flip_augment
+        from sparse_bnn.data.sources import load_dataset
         data = load_dataset("fashion-mnist", n_train=args.n_data, data_dir=args.data_dir)
         return data.x_train.reshape(len(data.x_train), -1), data.y_train, flip_augment
     rng = np.random.default_rng(0)
@@ -58,11 +59,11 @@ def measure(devices: int, mode: str, scheme: str, args: argparse.Namespace) -> d
     from flax import nnx
 
     sys.path.insert(0, str(REPO))
-    from sparse_bnn.model import SparseBNN
+    from sparse_bnn.core.model import SparseBNN
     from sparse_bnn.nets.mlp import MLP
     from sparse_bnn.priors import get_prior
-    from sparse_bnn.reduction import NodeBMRRule
-    from sparse_bnn.shrink import Shrink, ShrinkSchedule
+    from sparse_bnn.sparsify.reduction import NodeBMRRule
+    from sparse_bnn.sparsify.shrink import Shrink, ShrinkSchedule
     from sparse_bnn.train import fit, svi_optimizer
 
     x, y, augment = load_data(args)

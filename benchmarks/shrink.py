@@ -3,7 +3,7 @@
 SS-GHS on Fashion-MNIST, MLP 784-400-400-10, batch 1024, the same number of epochs for
 
 * ``ss-ghs``: :func:`sparse_bnn.train.fit` on the full network every epoch;
-* ``ss-ghs+shrink``: :func:`sparse_bnn.shrink.fit_shrinking` (units removed for good, the
+* ``ss-ghs+shrink``: :func:`sparse_bnn.sparsify.shrink.fit_shrinking` (units removed for good, the
   network rebuilt smaller when bucketed widths drop);
 * ``dense``: a deterministic Flax MLP of the same size, Adam, cross-entropy, one jitted
   ``lax.scan`` per epoch like ``fit``.
@@ -31,13 +31,13 @@ import numpy as np
 import optax
 from flax import nnx
 
-from sparse_bnn.data import load_dataset
+from sparse_bnn.data.sources import load_dataset
 from sparse_bnn.train import fit, kept_units, svi_optimizer
-from sparse_bnn.model import SparseBNN
+from sparse_bnn.core.model import SparseBNN
 from sparse_bnn.nets import MLP, FunctionalNet
-from sparse_bnn.posterior import predict
+from sparse_bnn.core.posterior import predict
 from sparse_bnn.priors import get_prior
-from sparse_bnn.shrink import DEFAULT_THRESHOLD, ShrinkSchedule, fit_shrinking
+from sparse_bnn.sparsify.shrink import DEFAULT_THRESHOLD, ShrinkSchedule, fit_shrinking
 
 WIDTHS = (400, 400)
 

@@ -17,7 +17,7 @@ ratio to the deterministic step is the median of the per-round ratios.
     python benchmarks/step_time.py --net lenet5-caffe --compare-conv-gradient   # extra rows: lax's
 
 Weight noise: the rows of ``--priors`` draw the guide's weight noise as the library does by
-default (``SparseBNN(weight_noise="hash")``, ``sparse_bnn.noise``); ``--compare-noise`` adds, for
+default (``SparseBNN(weight_noise="hash")``, ``sparse_bnn.core.noise``); ``--compare-noise`` adds, for
 ``--also-rng-priors``, rows with ``weight_noise="threefry"`` (``jax.random.normal``) and with
 threefry hashing once per two normals (``partitionable_noise=False``).
 
@@ -52,7 +52,7 @@ import optax
 from flax import nnx
 
 from sparse_bnn import train as fit_lib
-from sparse_bnn.model import SparseBNN
+from sparse_bnn.core.model import SparseBNN
 from sparse_bnn.nets import MLP, NETS
 from sparse_bnn.nets.base import FunctionalNet
 from sparse_bnn.nets.conv import conv_gradient

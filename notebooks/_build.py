@@ -34,14 +34,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 from flax import nnx
 
-from sparse_bnn import compact_io, posterior, prune
+from sparse_bnn.compact import io as compact_io, prune
+from sparse_bnn.core import posterior
 from sparse_bnn.data import flip_augment, load_dataset
 from sparse_bnn.train import fit, svi_optimizer
 from sparse_bnn.metrics import classification_metrics
-from sparse_bnn.model import SparseBNN
+from sparse_bnn.core.model import SparseBNN
 from sparse_bnn.nets import MLP
 from sparse_bnn.priors import get_prior
-from sparse_bnn.report import compression_report"""),
+from sparse_bnn.compact.report import compression_report"""),
     ("md", """## Settings
 
 The full setting is the MLP 784-400-400-10 on all 60,000 images; the small one (for tests) uses
@@ -161,11 +162,11 @@ import numpy as np
 import optax
 from flax import nnx
 
-from sparse_bnn import posterior
+from sparse_bnn.core import posterior
 from sparse_bnn.data import load_dataset
 from sparse_bnn.train import fit
 from sparse_bnn.metrics import classification_metrics
-from sparse_bnn.model import SparseBNN
+from sparse_bnn.core.model import SparseBNN
 from sparse_bnn.nets import MLP
 from sparse_bnn.priors import get_prior
 
@@ -260,14 +261,14 @@ import numpy as np
 import optax
 from flax import nnx
 
-from sparse_bnn import posterior
+from sparse_bnn.core import posterior
 from sparse_bnn.data import make_teacher_regression
 from sparse_bnn.train import fit
-from sparse_bnn.model import SparseBNN
+from sparse_bnn.core.model import SparseBNN
 from sparse_bnn.nets import MLP
 from sparse_bnn.priors import get_prior
-from sparse_bnn.reduction import fit_with_bmr
-from sparse_bnn.shrink import ShrinkSchedule
+from sparse_bnn.sparsify.reduction import fit_with_bmr
+from sparse_bnn.sparsify.shrink import ShrinkSchedule
 
 N_TRAIN = 300 if SMALL else 1000
 EPOCHS, WARMUP = (12, 6) if SMALL else (100, 30)
@@ -346,13 +347,13 @@ import optax
 from flax import nnx
 from numpyro.infer import SVI
 
-from sparse_bnn import posterior
+from sparse_bnn.core import posterior
 from sparse_bnn.data import make_teacher_regression
-from sparse_bnn.elbo import AnalyticKLELBO
+from sparse_bnn.core.elbo import AnalyticKLELBO
 from sparse_bnn.train import fit
-from sparse_bnn.guide import softplus
-from sparse_bnn.kl import kl_lognormal_halfnormal
-from sparse_bnn.model import SparseBNN
+from sparse_bnn.core.guide import softplus
+from sparse_bnn.core.kl import kl_lognormal_halfnormal
+from sparse_bnn.core.model import SparseBNN
 from sparse_bnn.nets import MLP
 from sparse_bnn.priors import get_prior
 

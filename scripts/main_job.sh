@@ -43,7 +43,7 @@ if [ "$DATA" = "fashion-mnist" ]; then
             || echo "   (apt-get failed; trying the download instead)"
     fi
     # finds the files (system folder, \$SPARSE_BNN_DATA, cache) or downloads them into the cache
-    if ! .venv/bin/python -c "from sparse_bnn.data import find_idx_folder as f; print('== Fashion-MNIST in', f('fashion-mnist'))"; then
+    if ! .venv/bin/python -c "from sparse_bnn.data.locate import find_idx_folder as f; print('== Fashion-MNIST in', f('fashion-mnist'))"; then
         cat >&2 <<'EOF'
 Fashion-MNIST is not available: no Debian package (dataset-fashion-mnist) and the download failed.
 Put the four IDX .gz files into a folder and set SPARSE_BNN_DATA=FOLDER, or run offline on a

@@ -1,7 +1,7 @@
 """sparse_bnn: structurally sparse Bayesian neural networks in NumPyro over Flax NNX.
 
 The common entry points are importable from the package (loaded on first use, so that
-``sparse_bnn.compact_io`` alone stays light for deployment)::
+``sparse_bnn.compact.io`` alone stays light for deployment)::
 
     from sparse_bnn import SparseBNN, get_prior, fit, Shrink, predict, load_compact
 """
@@ -12,20 +12,20 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "SparseBNN": "sparse_bnn.model", "Masks": "sparse_bnn.model",
+    "SparseBNN": "sparse_bnn.core.model", "Masks": "sparse_bnn.core.model",
     "get_prior": "sparse_bnn.priors", "PRIORS": "sparse_bnn.priors",
     "NETS": "sparse_bnn.nets", "MLP": "sparse_bnn.nets", "net_from_config": "sparse_bnn.nets",
     "fit": "sparse_bnn.train", "FitResult": "sparse_bnn.train", "DivergenceError": "sparse_bnn.train",
     "Hook": "sparse_bnn.train", "svi_optimizer": "sparse_bnn.train",
-    "Shrink": "sparse_bnn.shrink", "ShrinkSchedule": "sparse_bnn.shrink", "Reduction": "sparse_bnn.reduction",
-    "NodeBMRRule": "sparse_bnn.reduction",
-    "predict": "sparse_bnn.posterior", "predict_mean": "sparse_bnn.posterior",
-    "posterior_mean_params": "sparse_bnn.posterior", "inclusion_probs": "sparse_bnn.posterior",
-    "compact": "sparse_bnn.prune", "mask_params": "sparse_bnn.prune",
-    "compression_report": "sparse_bnn.report",
-    "save_compact": "sparse_bnn.compact_io", "load_compact": "sparse_bnn.compact_io",
-    "load_dataset": "sparse_bnn.data", "predict_run": "sparse_bnn.deploy",
-    "fit_with_bmr": "sparse_bnn.reduction", "fit_shrinking": "sparse_bnn.shrink",
+    "Shrink": "sparse_bnn.sparsify.shrink", "ShrinkSchedule": "sparse_bnn.sparsify.shrink",
+    "Reduction": "sparse_bnn.sparsify.reduction", "NodeBMRRule": "sparse_bnn.sparsify.reduction",
+    "predict": "sparse_bnn.core.posterior", "predict_mean": "sparse_bnn.core.posterior",
+    "posterior_mean_params": "sparse_bnn.core.posterior", "inclusion_probs": "sparse_bnn.core.posterior",
+    "compact": "sparse_bnn.compact.prune", "mask_params": "sparse_bnn.compact.keep",
+    "compression_report": "sparse_bnn.compact.report",
+    "save_compact": "sparse_bnn.compact.io", "load_compact": "sparse_bnn.compact.io",
+    "load_dataset": "sparse_bnn.data", "predict_run": "sparse_bnn.compact.deploy",
+    "fit_with_bmr": "sparse_bnn.sparsify.reduction", "fit_shrinking": "sparse_bnn.sparsify.shrink",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -6,7 +6,7 @@
     sparse-bnn report runs/fmnist
     sparse-bnn predict runs/fmnist t10k-images-idx3-ubyte.gz --out predictions.csv
 
-The options of ``fit`` are generated from the fields of :class:`sparse_bnn.config.RunConfig`
+The options of ``fit`` are generated from the fields of :class:`sparse_bnn.experiment.config.RunConfig`
 (:func:`add_config_options`): their flags, help texts, defaults and checks are declared there once.
 
 Exit codes: 0 success; 2 bad input (unknown names, missing or corrupt data, a run directory
@@ -36,14 +36,14 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """Add one option per field of :class:`~sparse_bnn.config.RunConfig`, in one group per section.
+    """Add one option per field of :class:`~sparse_bnn.experiment.config.RunConfig`, in one group per section.
 
-    Flag, help text, default, type and choices come from the field (:func:`sparse_bnn.options.option`);
+    Flag, help text, default, type and choices come from the field (:func:`sparse_bnn.experiment.options.option`);
     the ``dest`` is the field's flat name, so that :func:`config_from_args` finds it. Returns the
     last group, "run directory and output" (``--out``), for the options of a run that are not
     part of its config.
     """
-    from sparse_bnn.config import RunConfig
+    from sparse_bnn.experiment.config import RunConfig
     groups = {f.name: parser.add_argument_group(f.metadata["help"])
               for f in dataclasses.fields(RunConfig) if f.metadata.get("section")}
     groups[None] = parser.add_argument_group("run directory and output")
@@ -53,8 +53,8 @@ def add_config_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGro
 
 
 def _argparse_keywords(entry) -> dict:
-    """The keywords of ``add_argument`` for an :class:`~sparse_bnn.options.Option`."""
-    from sparse_bnn.options import MISSING
+    """The keywords of ``add_argument`` for an :class:`~sparse_bnn.experiment.options.Option`."""
+    from sparse_bnn.experiment.options import MISSING
     metadata, default = entry.field.metadata, entry.default
     parse = metadata["parse"] or (type(default) if default not in (None, MISSING) else str)
     keywords = {"dest": entry.name, "help": entry.help}
@@ -84,8 +84,8 @@ def _argparse_type(parse):
 
 
 def config_from_args(args: argparse.Namespace):
-    """The :class:`~sparse_bnn.config.RunConfig` of parsed ``sparse-bnn fit`` arguments."""
-    from sparse_bnn.config import RunConfig
+    """The :class:`~sparse_bnn.experiment.config.RunConfig` of parsed ``sparse-bnn fit`` arguments."""
+    from sparse_bnn.experiment.config import RunConfig
     return RunConfig.flat(**{entry.name: getattr(args, entry.name) for entry in RunConfig.options()})
 
 
@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fit(args: argparse.Namespace) -> int:
-    from sparse_bnn.run import report_table, run_experiment
+    from sparse_bnn.experiment.evaluate import report_table
+    from sparse_bnn.experiment.run import run_experiment
     config = config_from_args(args)
     log = (lambda message: print(message, flush=True))
     run_experiment(config, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet, log=log)
@@ -141,7 +142,7 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from sparse_bnn.run import evaluate_run, read_run
+    from sparse_bnn.experiment.evaluate import evaluate_run, read_run
     _, saved = read_run(args.run_dir)
     result = evaluate_run(args.run_dir, data_dir=args.data_dir)
     if args.json:
@@ -157,7 +158,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from sparse_bnn.run import read_run, report_table
+    from sparse_bnn.experiment.evaluate import read_run, report_table
     if args.json:
         print(json.dumps(read_run(args.run_dir)[1], indent=2))
     else:
@@ -166,7 +167,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from sparse_bnn.deploy import predict_run, read_inputs, write_predictions
+    from sparse_bnn.compact.deploy import predict_run, read_inputs, write_predictions
     predictions = predict_run(args.run_dir, read_inputs(args.inputs), samples=not args.median,
                               data_dir=args.data_dir, source=args.inputs)
     write_predictions(args.out, predictions)

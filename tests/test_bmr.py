@@ -9,7 +9,7 @@ from scipy import integrate, optimize
 from scipy.special import digamma, expit
 from scipy.stats import multivariate_normal, norm
 
-from sparse_bnn import bmr
+from sparse_bnn.sparsify import bmr
 from sparse_bnn.nets.base import ParamAxis, UnitLayer, flatten_paths, pure_params
 from sparse_bnn.nets.mlp import MLP
 

@@ -89,8 +89,8 @@ def test_fit_writes_every_promised_file(finished_run):
 
 def test_compact_model_loads_and_reproduces_compact_metrics(finished_run):
     import jax
-    from sparse_bnn.compact_io import load_compact
-    from sparse_bnn.data import load_dataset
+    from sparse_bnn.compact.io import load_compact
+    from sparse_bnn.data.sources import load_dataset
 
     metrics = json.loads((finished_run / "metrics.json").read_text())
     net = load_compact(finished_run / "compact")
@@ -277,7 +277,7 @@ def test_help_states_only_informative_defaults(capsys):
 
 
 def test_run_directory_states(tmp_path):
-    from sparse_bnn.run import RunDirectoryError, prepare_run_directory
+    from sparse_bnn.experiment.run import RunDirectoryError, prepare_run_directory
     run = tmp_path / "run"
     assert prepare_run_directory(run, resume=False, overwrite=False) is False  # new
     run.mkdir()
@@ -296,7 +296,7 @@ def test_run_directory_states(tmp_path):
 def test_resuming_compares_the_shrink_options_only_of_shrinking_runs(tmp_path):
     """A run started without --shrink when the default factor was 0.5 resumes under today's
     0.25; a shrinking run must repeat its factor."""
-    from sparse_bnn.run import RunConfig, RunDirectoryError, _check_resumable
+    from sparse_bnn.experiment.run import RunConfig, RunDirectoryError, _check_resumable
     run = tmp_path / "run"
     run.mkdir()
     for shrink in (False, True):
@@ -315,8 +315,8 @@ def test_resuming_compares_the_shrink_options_only_of_shrinking_runs(tmp_path):
 
 
 def test_regression_run_with_fine_tuning(tmp_path):
-    from sparse_bnn.compact_io import load_compact
-    from sparse_bnn.data import load_dataset
+    from sparse_bnn.compact.io import load_compact
+    from sparse_bnn.data.sources import load_dataset
     run = tmp_path / "teacher"
     result = cli("fit", "--data", "teacher", "--n-train", 200, "--n-test", 100, "--widths", 8,
                  "--epochs", 2, "--fine-tune-epochs", 1, "--batch-size", 50, "--samples", 3,

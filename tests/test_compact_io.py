@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sparse_bnn.compact_io import load_compact, load_compact_samples, save_compact
+from sparse_bnn.compact.io import load_compact, load_compact_samples, save_compact
 from sparse_bnn.nets import MLP, NETS, FunctionalNet, net_from_config
-from sparse_bnn.prune import compact_samples
+from sparse_bnn.compact.prune import compact_samples
 
 
 def pruned_mlp():
@@ -35,7 +35,7 @@ def test_round_trip_in_fresh_process(tmp_path):
     script = textwrap.dedent(f"""
         import json, sys
         import jax, numpy as np
-        from sparse_bnn.compact_io import load_compact, load_compact_samples
+        from sparse_bnn.compact.io import load_compact, load_compact_samples
         x = np.load({str(tmp_path / "x.npy")!r})
         net = load_compact({str(directory)!r})
         net_s, samples = load_compact_samples({str(directory)!r})

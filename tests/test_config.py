@@ -1,4 +1,4 @@
-"""The run's configuration (``sparse_bnn.config``) and the ``sparse-bnn fit`` options generated from it."""
+"""The run's configuration (``sparse_bnn.experiment.config``) and the ``sparse-bnn fit`` options generated from it."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,9 @@ import sys
 import pytest
 
 from sparse_bnn.cli import build_parser, config_from_args, main
-from sparse_bnn.config import RunConfig, ShrinkConfig, TrainingConfig, options
-from sparse_bnn.run import RunDirectoryError, _check_resumable, read_run
+from sparse_bnn.experiment.config import RunConfig, ShrinkConfig, TrainingConfig, options
+from sparse_bnn.experiment.run import RunDirectoryError, _check_resumable
+from sparse_bnn.experiment.evaluate import read_run
 
 # What a user sees today when leaving an option out; a changed default must change this table too.
 USER_VISIBLE_DEFAULTS = {
@@ -83,7 +84,7 @@ def test_the_command_line_defaults_are_the_fields_defaults_and_todays():
     assert {entry.name for entry in options()} == {*USER_VISIBLE_DEFAULTS, "out"}
     # the defaults kept elsewhere are taken from there
     from sparse_bnn.train import CHECKPOINT_INTERVAL
-    from sparse_bnn.shrink import ShrinkSchedule
+    from sparse_bnn.sparsify.shrink import ShrinkSchedule
     assert ShrinkConfig().schedule() == ShrinkSchedule()
     assert TrainingConfig().checkpoint_interval == CHECKPOINT_INTERVAL
 
@@ -111,7 +112,8 @@ def test_help_is_the_fields_help(capsys):
 
 
 def test_a_prior_hyperparameter_from_the_command_line_reaches_the_prior():
-    from sparse_bnn.run import build_model, load_run_dataset, net_config
+    from sparse_bnn.experiment.run import build_model, net_config
+    from sparse_bnn.experiment.evaluate import load_run_dataset
     config = parse("--data", "digits", "--n-train", "200", "--n-test", "100", "--widths", "8", "--prior", "ss-gl",
                    "--prior-option", "lam2_shape=3", "--prior-option", "shrink_output=false", "--out", "run").check()
     dataset = load_run_dataset(config)
@@ -152,6 +154,8 @@ def test_a_prior_option_of_the_wrong_type_is_refused():
     (["--lr-final-fraction", "0.2"], ["--lr-final-fraction", "--lr-schedule"]),
     (["--bmr-warmup", "3"], ["--bmr-warmup", "give --bmr"]),
     (["--bmr", "nodewise", "--epochs", "5", "--bmr-warmup", "6"], ["--bmr-warmup", "the epochs (5)"]),
+    (["--prior", "gaussian", "--shrink"], ["--shrink", "--prior gaussian", "--bmr nodewise"]),
+    (["--prior", "flat", "--bmr", "nodewise", "--centred"], ["--bmr", "--centred"]),
 ])
 def test_contradictory_options_fail_with_one_error_naming_both_before_anything_is_written(
         tmp_path, capsys, words, needles):
@@ -222,12 +226,12 @@ def test_resuming_with_a_changed_identity_field_is_refused_naming_it(tmp_path):
             _check_resumable(run, changed)
     # run_experiment refuses before it loads anything
     (run / "checkpoint").mkdir()
-    from sparse_bnn.run import run_experiment
+    from sparse_bnn.experiment.run import run_experiment
     with pytest.raises(RunDirectoryError, match=r"lr: saved 0.001, now 0.01"):
         run_experiment(saved.replace(lr=0.01), resume=True, progress=False)
 
 
 def test_the_config_and_the_command_line_modules_import_no_jax():
-    code = "import sys, sparse_bnn.config, sparse_bnn.cli; sys.exit('jax' in sys.modules)"
+    code = "import sys, sparse_bnn.experiment.config, sparse_bnn.cli; sys.exit('jax' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert done.returncode == 0

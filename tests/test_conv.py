@@ -9,7 +9,7 @@ from jax import lax
 from sparse_bnn.nets import FunctionalNet, LeNet5Caffe, ResNet, net_from_config
 from sparse_bnn.nets import conv as conv_lib
 from sparse_bnn.nets.conv import conv_general_dilated, conv_gradient, uses_explicit_gradient
-from sparse_bnn.report import count_macs
+from sparse_bnn.compact.report import count_macs
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 

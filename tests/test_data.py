@@ -13,9 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sparse_bnn import data
-from sparse_bnn.data import (DATASET_NAMES, DataNotFoundError, flip_augment, load_dataset,
-                             make_teacher_regression, read_idx)
+from sparse_bnn.data import formats, locate
+from sparse_bnn.data.sources import DATASET_NAMES, load_dataset, make_teacher_regression
+from sparse_bnn.data.formats import DataNotFoundError, read_idx
+from sparse_bnn.data.preprocess import flip_augment
 
 FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -27,10 +28,10 @@ def hermetic(monkeypatch, tmp_path):
     def refuse_download(*args, **kwargs):
         raise AssertionError("a test tried to download")
 
-    monkeypatch.setattr(data, "download_file", refuse_download)
+    monkeypatch.setattr(locate, "download_file", refuse_download)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     monkeypatch.delenv("SPARSE_BNN_DATA", raising=False)
-    monkeypatch.setattr(data, "SYSTEM_DATA_DIRS",
+    monkeypatch.setattr(locate, "SYSTEM_DATA_DIRS",
                         {"fashion-mnist": tmp_path / "no-system-fashion",
                          "mnist": tmp_path / "no-system-mnist"})
 
@@ -64,7 +65,7 @@ def write_idx_set(folder: Path, n_train: int = 6, n_test: int = 4, seed: int = 0
               "train_labels": rng.integers(0, 10, n_train, dtype=np.uint8),
               "test_images": rng.integers(0, 256, (n_test, 5, 3), dtype=np.uint8),
               "test_labels": rng.integers(0, 10, n_test, dtype=np.uint8)}
-    for key, stem in data.IDX_FILES.items():
+    for key, stem in formats.IDX_FILES.items():
         write_file(folder / (stem + (".gz" if gz else "")), idx_bytes(arrays[key]))
     return arrays
 
@@ -78,10 +79,10 @@ def test_idx_round_trip_exact(tmp_path, suffix):
     labels = np.array([3, 9], dtype=np.uint8)
     image_path = write_file(tmp_path / f"img{suffix}", idx_bytes(images))
     label_path = write_file(tmp_path / f"lab{suffix}", idx_bytes(labels))
-    read_images = read_idx(image_path, data.IDX_IMAGES_MAGIC)
+    read_images = read_idx(image_path, formats.IDX_IMAGES_MAGIC)
     assert read_images.dtype == np.uint8 and read_images.shape == (2, 4, 3)
     np.testing.assert_array_equal(read_images, images)
-    np.testing.assert_array_equal(read_idx(label_path, data.IDX_LABELS_MAGIC), [3, 9])
+    np.testing.assert_array_equal(read_idx(label_path, formats.IDX_LABELS_MAGIC), [3, 9])
 
 
 @pytest.mark.parametrize("suffix", ["", ".gz"])
@@ -110,7 +111,7 @@ def test_idx_corruptions_raise_naming_file(tmp_path, suffix, corruption, message
     }[corruption]
     path = write_file(tmp_path / f"broken-images{suffix}", payload)
     with pytest.raises(ValueError, match=message) as info:
-        read_idx(path, data.IDX_IMAGES_MAGIC)
+        read_idx(path, formats.IDX_IMAGES_MAGIC)
     assert "broken-images" in str(info.value)
 
 
@@ -158,7 +159,7 @@ def test_search_order_data_dir_env_system_cache(tmp_path, monkeypatch):
     for place, n_train in places.items():
         write_idx_set(tmp_path / place / "fashion-mnist", n_train=n_train)
     monkeypatch.setenv("SPARSE_BNN_DATA", str(tmp_path / "env"))  # the subfolder is found
-    monkeypatch.setattr(data, "SYSTEM_DATA_DIRS",
+    monkeypatch.setattr(locate, "SYSTEM_DATA_DIRS",
                         {"fashion-mnist": tmp_path / "system" / "fashion-mnist"})
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     (tmp_path / "xdg" / "sparse_bnn").mkdir(parents=True)
@@ -172,7 +173,7 @@ def test_search_order_data_dir_env_system_cache(tmp_path, monkeypatch):
     assert num_train() == 3  # env beats system
     monkeypatch.delenv("SPARSE_BNN_DATA")
     assert num_train() == 4  # system beats cache
-    monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", {"fashion-mnist": tmp_path / "nowhere"})
+    monkeypatch.setattr(locate, "SYSTEM_DATA_DIRS", {"fashion-mnist": tmp_path / "nowhere"})
     assert num_train() == 5
     # A data_dir without the files falls through to the next place.
     assert num_train(data_dir=tmp_path / "empty") == 5
@@ -186,14 +187,14 @@ def test_missing_data_lists_every_place(tmp_path, monkeypatch):
     assert isinstance(info.value, FileNotFoundError)
     for expected in [str(tmp_path / "mine"), str(tmp_path / "env"),
                      str(tmp_path / "env" / "fashion-mnist"),
-                     str(data.SYSTEM_DATA_DIRS["fashion-mnist"]),
+                     str(locate.SYSTEM_DATA_DIRS["fashion-mnist"]),
                      str(tmp_path / "xdg-cache" / "sparse_bnn" / "fashion-mnist"),
                      "download=False", "apt-get install dataset-fashion-mnist",
-                     data.DOWNLOAD_URLS["fashion-mnist"], "--data-dir", "--data digits"]:
+                     locate.DOWNLOAD_URLS["fashion-mnist"], "--data-dir", "--data digits"]:
         assert expected in message, expected
     # The places are listed in search order.
     positions = [message.index(s) for s in (str(tmp_path / "mine"), str(tmp_path / "env"),
-                                            str(data.SYSTEM_DATA_DIRS["fashion-mnist"]),
+                                            str(locate.SYSTEM_DATA_DIRS["fashion-mnist"]),
                                             "xdg-cache")]
     assert positions == sorted(positions)
 
@@ -202,7 +203,7 @@ def test_failed_download_is_reported(monkeypatch):
     def offline(url, destination, md5, timeout=60.0):
         raise OSError("network unreachable")
 
-    monkeypatch.setattr(data, "download_file", offline)
+    monkeypatch.setattr(locate, "download_file", offline)
     with pytest.raises(DataNotFoundError, match="failed: network unreachable"):
         load_dataset("mnist", download=True)
 
@@ -214,12 +215,12 @@ def test_download_fills_cache_then_loads(tmp_path, monkeypatch):
 
     def fake_download(url, destination, md5, timeout=60.0):
         calls.append(url)
-        assert url.startswith(data.DOWNLOAD_URLS["mnist"])
-        assert md5 == data.IDX_MD5["mnist"][destination.name]
+        assert url.startswith(locate.DOWNLOAD_URLS["mnist"])
+        assert md5 == locate.IDX_MD5["mnist"][destination.name]
         destination.parent.mkdir(parents=True, exist_ok=True)
         destination.write_bytes((source / destination.name).read_bytes())
 
-    monkeypatch.setattr(data, "download_file", fake_download)
+    monkeypatch.setattr(locate, "download_file", fake_download)
     ds = load_dataset("mnist", download=True)
     assert len(calls) == 4 and len(ds.x_train) == 7 and not ds.flip_augment
     assert ds.source == str(tmp_path / "xdg-cache" / "sparse_bnn" / "mnist")
@@ -231,11 +232,11 @@ def test_download_file_atomic_and_md5_checked(tmp_path, monkeypatch):
     served = tmp_path / "served.gz"
     served.write_bytes(payload)
     target = tmp_path / "cache" / "train-images-idx3-ubyte.gz"
-    data.download_file(served.as_uri(), target, hashlib.md5(payload).hexdigest())
+    locate.download_file(served.as_uri(), target, hashlib.md5(payload).hexdigest())
     assert target.read_bytes() == payload
     bad_target = tmp_path / "cache" / "other.gz"
     with pytest.raises(ValueError, match="does not match"):
-        data.download_file(served.as_uri(), bad_target, "0" * 32)
+        locate.download_file(served.as_uri(), bad_target, "0" * 32)
     assert sorted(p.name for p in target.parent.iterdir()) == [target.name]  # no leftovers
 
 
@@ -299,7 +300,7 @@ def test_cifar10_truncated_binary(tmp_path):
     path = tmp_path / "data_batch_1.bin"
     path.write_bytes(bytes(3073 * 2 - 1))
     with pytest.raises(ValueError, match="not a positive multiple"):
-        data.read_cifar10_binary_batch(path)
+        formats.read_cifar10_binary_batch(path)
 
 
 class _Py2StylePickler(pickle._Pickler):
@@ -331,7 +332,7 @@ def test_cifar10_python2_style_pickle(tmp_path):
     with open(path, "wb") as f:
         _Py2StylePickler(f, protocol=2).dump({b"data": images, b"labels": [4, 0, 9]})
     assert b"cnumpy.core.multiarray\n_reconstruct" in path.read_bytes()
-    x, y = data.read_cifar10_python_batch(path)
+    x, y = formats.read_cifar10_python_batch(path)
     np.testing.assert_array_equal(x, images.reshape(3, 3, 32, 32).transpose(0, 2, 3, 1))
     np.testing.assert_array_equal(y, [4, 0, 9])
 
@@ -350,7 +351,7 @@ def test_restricted_unpickler_refuses_os_system(tmp_path):
     with open(path, "wb") as f:
         pickle.dump({b"data": _Exploit(marker), b"labels": [0]}, f, protocol=3)
     with pytest.raises(ValueError, match="refusing to load global (posix|os|nt).system"):
-        data.read_cifar10_python_batch(path)
+        formats.read_cifar10_python_batch(path)
     assert not marker.exists()
 
 
@@ -359,7 +360,7 @@ def test_restricted_unpickler_refuses_other_numpy_globals(tmp_path):
     with open(path, "wb") as f:  # protocol 5 pickles arrays via numpy's _frombuffer: refused
         pickle.dump({b"data": np.zeros((1, 3072), np.uint8), b"labels": [0]}, f, protocol=5)
     with pytest.raises(ValueError, match="refusing to load global"):
-        data.read_cifar10_python_batch(path)
+        formats.read_cifar10_python_batch(path)
 
 
 def test_cifar10_missing_lists_places(tmp_path):
@@ -608,7 +609,7 @@ def test_unknown_name_lists_valid_names():
 @pytest.mark.skipif(not (FASHION_SYSTEM_DIR / "train-images-idx3-ubyte.gz").exists(),
                     reason="Debian package dataset-fashion-mnist not installed")
 def test_real_fashion_mnist_from_debian_folder(monkeypatch):
-    monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", {"fashion-mnist": FASHION_SYSTEM_DIR})
+    monkeypatch.setattr(locate, "SYSTEM_DATA_DIRS", {"fashion-mnist": FASHION_SYSTEM_DIR})
     ds = load_dataset("fashion-mnist", download=False)
     assert ds.source == str(FASHION_SYSTEM_DIR)
     assert ds.x_train.shape == (60000, 28, 28, 1) and ds.x_test.shape == (10000, 28, 28, 1)

@@ -1,4 +1,4 @@
-"""Predictions of a finished run on new examples: sparse_bnn.deploy and ``sparse-bnn predict``.
+"""Predictions of a finished run on new examples: sparse_bnn.compact.deploy and ``sparse-bnn predict``.
 
 The examples come in the data set's own units; the run's recorded preprocessing must turn them
 into exactly the inputs it was tested on, so predictions reproduce the run's own test metrics.
@@ -15,9 +15,11 @@ import sys
 import numpy as np
 import pytest
 
-from sparse_bnn.data import load_dataset, make_teacher_regression, prepare_inputs
-from sparse_bnn.deploy import predict_run, read_inputs, write_predictions
-from sparse_bnn.run import RunConfig, evaluate_run, run_experiment
+from sparse_bnn.data.sources import load_dataset, make_teacher_regression
+from sparse_bnn.data.preprocess import prepare_inputs
+from sparse_bnn.compact.deploy import predict_run, read_inputs, write_predictions
+from sparse_bnn.experiment.run import RunConfig, run_experiment
+from sparse_bnn.experiment.evaluate import evaluate_run
 
 
 def digit_images() -> dict[str, np.ndarray]:

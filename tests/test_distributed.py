@@ -15,9 +15,9 @@ import pytest
 from flax import nnx
 from jax.sharding import Mesh
 
-from sparse_bnn import distributed
+from sparse_bnn.train import distributed
 from sparse_bnn.train import fit
-from sparse_bnn.model import SparseBNN
+from sparse_bnn.core.model import SparseBNN
 from sparse_bnn.nets.mlp import MLP
 from sparse_bnn.priors import get_prior
 

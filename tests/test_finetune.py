@@ -5,9 +5,9 @@ from flax import nnx
 from numpyro.handlers import seed, substitute, trace
 
 from sparse_bnn.train import fit
-from sparse_bnn.model import Masks, SparseBNN
+from sparse_bnn.core.model import Masks, SparseBNN
 from sparse_bnn.nets import NETS
-from sparse_bnn.posterior import keep_masks
+from sparse_bnn.core.posterior import keep_masks
 from sparse_bnn.priors import get_prior
 
 

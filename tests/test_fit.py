@@ -6,11 +6,11 @@ import optax
 import pytest
 from flax import nnx
 
-from sparse_bnn.data import make_teacher_regression
+from sparse_bnn.data.sources import make_teacher_regression
 from sparse_bnn.train import DivergenceError, fit, init_state, learning_rate_schedule, load_checkpoint, svi_optimizer
-from sparse_bnn.model import SparseBNN
+from sparse_bnn.core.model import SparseBNN
 from sparse_bnn.nets import MLP
-from sparse_bnn.posterior import predict, predict_mean
+from sparse_bnn.core.posterior import predict, predict_mean
 from sparse_bnn.priors import get_prior
 
 
@@ -70,7 +70,7 @@ def test_learning_rate_schedules_decay_both_rates(schedule):
 
 
 def test_learning_rate_schedule_checks():
-    from sparse_bnn.run import RunConfig
+    from sparse_bnn.experiment.run import RunConfig
     with pytest.raises(ValueError, match="cosine, linear"):
         learning_rate_schedule(1e-3, "exponential", 10)
     with pytest.raises(ValueError, match="total_steps"):
@@ -104,8 +104,8 @@ def _fake_loop(monkeypatch, saves, *, epochs, interval, epoch_seconds=4.0, nan_a
     """The training loop over fake epochs of ``epoch_seconds``; appends ``(epoch, history length,
     parameter value)`` to ``saves`` at every checkpoint write."""
     import sparse_bnn.train.loop as loop
-    from sparse_bnn.distributed import data_mesh
-    from sparse_bnn.model import Masks
+    from sparse_bnn.train.distributed import data_mesh
+    from sparse_bnn.core.model import Masks
     from sparse_bnn.train.state import EpochStats, Fitting, TrainState
     clock = _Clock()
     monkeypatch.setattr(loop, "time", clock)
@@ -165,7 +165,7 @@ def test_checkpoint_interval_is_checked():
         fit(small_bnn(), x, y, epochs=1, checkpoint_interval=-1.0, progress=False)
     with pytest.raises(ValueError, match="checkpoint_interval"):
         fit(small_bnn(), x, y, epochs=1, checkpoint_interval=float("nan"), progress=False)
-    from sparse_bnn.run import RunConfig
+    from sparse_bnn.experiment.run import RunConfig
     with pytest.raises(ValueError, match="checkpoint_interval"):
         RunConfig.flat(out="unused", checkpoint_interval=-5).check()
 
@@ -256,7 +256,7 @@ DIGITS_SETTINGS = dict(rho_init=-3.0, learning_rate=1e-2, epochs=600, batch_size
 def fit_digits(prior: str, seed: int = 0):
     """MLP 64-100-100-10 with ``prior`` fitted to sklearn digits with :data:`DIGITS_SETTINGS`
     (Adam at one rate for every parameter, indicators included). Returns ``(data, FitResult)``."""
-    from sparse_bnn.data import load_dataset
+    from sparse_bnn.data.sources import load_dataset
     data = load_dataset("digits")
     bnn = SparseBNN(MLP(64, (100, 100), 10, rngs=nnx.Rngs(seed)), get_prior(prior),
                     n_data=len(data.x_train), rho_init=DIGITS_SETTINGS["rho_init"])

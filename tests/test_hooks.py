@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sparse_bnn.shrink import Shrink, ShrinkSchedule
+from sparse_bnn.sparsify.shrink import Shrink, ShrinkSchedule
 from sparse_bnn.train import Hook, fit, svi_optimizer
 from tests.test_hooks_matrix import BATCH, make_bnn, make_data
 

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sparse_bnn.model import Masks, SparseBNN
+from sparse_bnn.core.model import Masks, SparseBNN
 from sparse_bnn.nets.mlp import MLP
 from sparse_bnn.priors import PRIORS, get_prior
-from sparse_bnn.reduction import NodeBMRRule, Reduction
-from sparse_bnn.shrink import Shrink, ShrinkSchedule
+from sparse_bnn.sparsify.reduction import NodeBMRRule, Reduction
+from sparse_bnn.sparsify.shrink import Shrink, ShrinkSchedule
 from sparse_bnn.train import fit, svi_optimizer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,14 +15,19 @@ import pytest
 from flax import nnx
 
 import sparse_bnn
-from sparse_bnn.compact_io import save_compact
+from sparse_bnn.compact.io import save_compact
 from sparse_bnn.nets import MLP
 from sparse_bnn.nets.base import flatten_paths
 
 PACKAGE = Path(sparse_bnn.__file__).parent
-CORE = ("sparse_bnn.spec", "sparse_bnn.model", "sparse_bnn.guide", "sparse_bnn.elbo")
-TRAINING = ("sparse_bnn.fit", "sparse_bnn.train", "sparse_bnn.shrink", "sparse_bnn.reduction", "sparse_bnn.run",
-            "sparse_bnn.model", "sparse_bnn.guide", "sparse_bnn.elbo", "numpyro", "optax")
+CORE = ("sparse_bnn.core.spec", "sparse_bnn.core.model", "sparse_bnn.core.guide", "sparse_bnn.core.elbo")
+TRAINING = ("sparse_bnn.fit", "sparse_bnn.train", "sparse_bnn.sparsify", "sparse_bnn.sparsify.bmr",
+            "sparse_bnn.sparsify.scores", "sparse_bnn.sparsify.reduction", "sparse_bnn.sparsify.slicing",
+            "sparse_bnn.sparsify.shrink", "sparse_bnn.experiment.run", "sparse_bnn.experiment.evaluate",
+            "sparse_bnn.core.model", "sparse_bnn.core.guide", "sparse_bnn.core.elbo",
+            # the old top-level paths (shims) of training modules
+            "sparse_bnn.shrink", "sparse_bnn.reduction", "sparse_bnn.run", "sparse_bnn.model", "sparse_bnn.guide",
+            "sparse_bnn.elbo", "numpyro", "optax")
 
 
 def module_name(path: Path) -> str:
@@ -79,9 +84,9 @@ def test_model_guide_elbo_and_spec_form_no_cycle():
     graph = package_imports()
     core = {name: graph[name] & set(CORE) for name in CORE}
     assert find_cycle(core) is None, core
-    assert core["sparse_bnn.spec"] == set()
-    for side in ("sparse_bnn.guide", "sparse_bnn.elbo"):
-        assert core[side] == {"sparse_bnn.spec"}, (side, core[side])
+    assert core["sparse_bnn.core.spec"] == set()
+    for side in ("sparse_bnn.core.guide", "sparse_bnn.core.elbo"):
+        assert core[side] == {"sparse_bnn.core.spec"}, (side, core[side])
 
 
 def test_package_has_no_import_cycle():
@@ -91,9 +96,9 @@ def test_package_has_no_import_cycle():
 
 def test_guide_and_elbo_load_without_the_model():
     """At run time too: importing the guide or the ELBO loads neither the model nor the other."""
-    for module, absent in (("sparse_bnn.guide", ["sparse_bnn.model", "sparse_bnn.elbo"]),
-                           ("sparse_bnn.elbo", ["sparse_bnn.model", "sparse_bnn.guide"]),
-                           ("sparse_bnn.spec", list(CORE[1:]))):
+    for module, absent in (("sparse_bnn.core.guide", ["sparse_bnn.core.model", "sparse_bnn.core.elbo"]),
+                           ("sparse_bnn.core.elbo", ["sparse_bnn.core.model", "sparse_bnn.core.guide"]),
+                           ("sparse_bnn.core.spec", list(CORE[1:]))):
         code = (f"import importlib, json, sys; importlib.import_module({module!r}); "
                 f"print(json.dumps(sorted(m for m in {absent!r} if m in sys.modules)))")
         assert json.loads(fresh_python(code)) == [], module
@@ -114,8 +119,8 @@ def saved_run(run_dir: Path) -> np.ndarray:
 
 
 def test_predicting_with_a_saved_run_loads_no_training_module(tmp_path):
-    """``import sparse_bnn.deploy`` and ``predict_run`` (samples and median network) leave the
-    fitting stack unloaded: no ``fit``/``shrink``/``reduction``/``run``, no NumPyro."""
+    """``import sparse_bnn.compact.deploy`` and ``predict_run`` (samples and median network) leave the
+    fitting stack unloaded: no ``train``/``sparsify``/``experiment.run``, no NumPyro."""
     x = saved_run(tmp_path)
     np.save(tmp_path / "x.npy", x)
     forbidden = list(TRAINING)
@@ -123,7 +128,7 @@ def test_predicting_with_a_saved_run_loads_no_training_module(tmp_path):
         forbidden.remove("optax")  # Flax NNX imports optax itself (nnx.Optimizer); not ours to avoid
     code = ("import json, sys\n"
             "import numpy as np\n"
-            "from sparse_bnn.deploy import predict_run\n"
+            "from sparse_bnn.compact.deploy import predict_run\n"
             f"loaded = sorted(m for m in {forbidden!r} if m in sys.modules)\n"
             f"x = np.load({str(tmp_path / 'x.npy')!r})\n"
             f"bma = predict_run({str(tmp_path)!r}, x)\n"

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sparse_bnn.inclusion import layer_inclusion_probs, theory_inclusion_probs
+from sparse_bnn.core.inclusion import layer_inclusion_probs, theory_inclusion_probs
 from sparse_bnn.nets import MLP
 
 

@@ -6,7 +6,7 @@ import numpyro.distributions as dist
 import pytest
 from scipy import stats
 
-from sparse_bnn import kl
+from sparse_bnn.core import kl
 from sparse_bnn.nets.base import UnitLayer
 from sparse_bnn.priors import PRIORS, Flat, SpikeSlabGroupHorseshoe, SpikeSlabGroupLasso, get_prior
 from sparse_bnn.priors.base import LogNormalFactor

@@ -11,8 +11,8 @@ from scipy import stats
 from scipy.special import gammaln, log_softmax, softplus
 
 from sparse_bnn.train import loss_fn, make_step
-from sparse_bnn.guide import ConcreteBernoulli
-from sparse_bnn.model import Masks, SparseBNN
+from sparse_bnn.core.guide import ConcreteBernoulli
+from sparse_bnn.core.model import Masks, SparseBNN
 from sparse_bnn.nets import MLP
 from sparse_bnn.priors import PRIORS, get_prior
 
@@ -145,7 +145,7 @@ def test_unit_masks_switch_units_off_and_out_of_the_kl():
     assert masked < full
     drop = {**params}
     drop["dense0.z.logit"] = params["dense0.z.logit"].at[jnp.array([1, 3])].set(-60.0)
-    from sparse_bnn.kl import kl_bernoulli_logits
+    from sparse_bnn.core.kl import kl_bernoulli_logits
     lam = bnn.inclusion["dense0"]
     off_z_kl = float(jnp.sum(kl_bernoulli_logits(drop["dense0.z.logit"][jnp.array([1, 3])], lam)))
     assert float(bnn.kl(drop)) - off_z_kl == pytest.approx(masked, rel=1e-4)

@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sparse_bnn import prune
+from sparse_bnn.compact import prune
+from sparse_bnn.compact.keep import mask_params
 from sparse_bnn.nets import NETS, net_from_config
 from sparse_bnn.nets.base import FunctionalNet, flatten_paths, pure_params, unflatten_paths
 from sparse_bnn.nets.lenet import LeNet5, LeNet5Caffe, max_pool
@@ -17,7 +18,7 @@ from sparse_bnn.nets.mlp import MLP
 from sparse_bnn.nets.mixer import MLPMixer
 from sparse_bnn.nets.resnet import ResNet, recompute_batch_stats
 from sparse_bnn.nets.vit import VisionTransformer
-from sparse_bnn.run import RunConfig, net_config
+from sparse_bnn.experiment.run import RunConfig, net_config
 
 ARCHITECTURES = [LeNet5Caffe, LeNet5, ResNet, VisionTransformer, MLPMixer]
 
@@ -102,7 +103,7 @@ def _take_units(value, axis, interleave, index):
 
 
 def reference_compact(net, keep):
-    """Independent of ``sparse_bnn.prune``: slice members and consumers, rebuild from config."""
+    """Independent of ``sparse_bnn.compact.prune``: slice members and consumers, rebuild from config."""
     cls = type(net)
     index = {name: np.flatnonzero(mask) for name, mask in keep.items()}
     config = cls.config_with_units(net.config, {name: len(i) for name, i in index.items()})
@@ -234,7 +235,7 @@ def scale_governed_entries(net, layer_name: str, unit: int) -> int:
     Every ``w~`` is 1 and every ``tau2`` is 1 except the unit's, which is 0: the entries that
     come out zero are exactly the weights in the unit's group.
     """
-    from sparse_bnn.model import SparseBNN
+    from sparse_bnn.core.model import SparseBNN
     from sparse_bnn.priors import get_prior
 
     bnn = SparseBNN(net, get_prior("ss-gl"), n_data=100)
@@ -310,7 +311,7 @@ def test_compact_equals_masked(cls, seed):
     assert relative_error(small(x), expected) < 1e-5
 
     params = flatten_paths(pure_params(net))
-    masked_by_prune = FunctionalNet(net)(prune.mask_params(net.unit_layers(), params, keep), x)
+    masked_by_prune = FunctionalNet(net)(mask_params(net.unit_layers(), params, keep), x)
     assert relative_error(masked_by_prune, expected) < 1e-6
     compact_net, compact_params = prune.compact(net, params, keep)
     compact_net.eval()

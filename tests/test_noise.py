@@ -1,4 +1,4 @@
-"""The guide's hash noise (``sparse_bnn.noise``): a standard normal, independent within a draw,
+"""The guide's hash noise (``sparse_bnn.core.noise``): a standard normal, independent within a draw,
 between keys, and between the sites and steps of the guide."""
 import jax
 import jax.numpy as jnp
@@ -8,9 +8,9 @@ import pytest
 from flax import nnx
 from scipy import stats
 
-from sparse_bnn.model import SparseBNN
+from sparse_bnn.core.model import SparseBNN
 from sparse_bnn.nets import MLP
-from sparse_bnn.noise import HashNormal, hash_bits, hash_normal
+from sparse_bnn.core.noise import HashNormal, hash_bits, hash_normal
 from sparse_bnn.priors import get_prior
 
 N = 2**20
@@ -136,7 +136,7 @@ def test_weight_noise_options_are_checked():
 
 
 def test_a_shrunk_model_keeps_the_noise_options():
-    from sparse_bnn.shrink import shrunk_model
+    from sparse_bnn.sparsify.slicing import shrunk_model
     bnn = SparseBNN(MLP(8, (6,), 3, rngs=nnx.Rngs(0)), get_prior("ss-ghs"), n_data=10,
                     weight_noise="threefry", partitionable_noise=False)
     small = shrunk_model(bnn, {"dense0": np.array([1, 1, 0, 1, 0, 1], bool)})

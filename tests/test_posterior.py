@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sparse_bnn.model import Masks, SparseBNN
+from sparse_bnn.core.model import Masks, SparseBNN
 from sparse_bnn.nets import MLP
-from sparse_bnn.posterior import predict, sample_latents
+from sparse_bnn.core.posterior import predict, sample_latents
 from sparse_bnn.priors import get_prior
 
 
@@ -64,8 +64,8 @@ def test_predict_again_compiles_nothing(compilations):
 def test_expected_weight_scales_match_monte_carlo(prior):
     """``E_q[scale]`` per layer (closed forms for flat and SS-GL, 2048 hash-noise draws for the
     horseshoes) against 200k NumPy draws of the guide's log-normal factors."""
-    from sparse_bnn.guide import lognormal_factors
-    from sparse_bnn.posterior import expected_weight_scales
+    from sparse_bnn.core.guide import lognormal_factors
+    from sparse_bnn.core.posterior import expected_weight_scales
 
     bnn = SparseBNN(MLP(5, (11, 7), 3, rngs=nnx.Rngs(0)), get_prior(prior), n_data=100)
     rng = np.random.default_rng(1)

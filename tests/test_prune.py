@@ -10,9 +10,9 @@ import pytest
 from flax import nnx
 
 from sparse_bnn.nets import MLP, NETS, FunctionalNet, net_from_config
-from sparse_bnn.prune import (compact, compact_samples, kept_units, mask_params, threshold_keep)
-from sparse_bnn.report import (CompressionReport, compression_report, count_macs, count_params,
-                               jaxpr_macs)
+from sparse_bnn.compact.prune import compact, compact_samples
+from sparse_bnn.compact.keep import kept_units, mask_params, threshold_keep
+from sparse_bnn.compact.report import CompressionReport, compression_report, count_macs, count_params, jaxpr_macs
 
 
 def random_params(net, seed: int, scale: float = 0.5) -> dict:

@@ -1,4 +1,4 @@
-"""Bayesian model reduction during training (sparse_bnn.reduction)."""
+"""Bayesian model reduction during training (sparse_bnn.sparsify.reduction)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,11 +7,12 @@ import pytest
 from flax import nnx
 from scipy.special import digamma, expit
 
-from sparse_bnn import bmr, reduction
-from sparse_bnn.data import make_teacher_regression
-from sparse_bnn.model import Masks, SparseBNN
+from sparse_bnn.sparsify import bmr, reduction
+from sparse_bnn.sparsify import scores as bmr_scores
+from sparse_bnn.data.sources import make_teacher_regression
+from sparse_bnn.core.model import Masks, SparseBNN
 from sparse_bnn.nets import NETS, MLP, net_from_config
-from sparse_bnn.posterior import posterior_mean_params, predict_mean
+from sparse_bnn.core.posterior import posterior_mean_params, predict_mean
 from sparse_bnn.priors import Flat, get_prior
 
 RATIO = 1e-6
@@ -58,7 +59,7 @@ def moments(params, site):
 def test_delta_f_from_posterior_is_the_closed_form_on_w_tilde(prior):
     bnn = small_bnn(get_prior(prior, sigma_0=0.7))
     params = hand_params(bnn)
-    delta_f = reduction.delta_f_from_posterior(bnn, params, reduced_var_ratio=RATIO)
+    delta_f = bmr_scores.delta_f_from_posterior(bnn, params, reduced_var_ratio=RATIO)
     assert set(delta_f) == {bnn.weight_site(p) for p in bnn.shapes}
     for site, value in delta_f.items():
         loc, sd = moments(params, site)
@@ -75,8 +76,8 @@ def test_delta_f_is_zero_on_entries_the_masks_removed():
     weight_mask[1, 2] = 0
     masks = Masks(units={"dense0": jnp.asarray([1.0, 0.0, 1.0, 1.0])},
                   weights={"layers.0.kernel": jnp.asarray(weight_mask)})
-    full = reduction.delta_f_from_posterior(bnn, params)
-    masked = reduction.delta_f_from_posterior(bnn, params, masks)
+    full = bmr_scores.delta_f_from_posterior(bnn, params)
+    masked = bmr_scores.delta_f_from_posterior(bnn, params, masks)
     expected_kernel0 = np.asarray(full["layers.0.kernel"]).copy()
     expected_kernel0[1, 2] = 0
     expected_kernel0[:, 1] = 0                     # unit 1's column
@@ -90,14 +91,14 @@ def test_delta_f_is_zero_on_entries_the_masks_removed():
 def test_centred_model_and_bad_arguments_are_refused():
     bnn = small_bnn(centred=True)
     with pytest.raises(ValueError, match="non-centred"):
-        reduction.delta_f_from_posterior(bnn, bnn.init_params())
+        bmr_scores.delta_f_from_posterior(bnn, bnn.init_params())
     bnn = small_bnn()
     with pytest.raises(ValueError, match="reduced_var_ratio"):
-        reduction.delta_f_from_posterior(bnn, bnn.init_params(), reduced_var_ratio=1.5)
+        bmr_scores.delta_f_from_posterior(bnn, bnn.init_params(), reduced_var_ratio=1.5)
     with pytest.raises(ValueError, match=r"params has no 'layers\.0\.\w+\.loc'"):
-        reduction.delta_f_from_posterior(bnn, {})
+        bmr_scores.delta_f_from_posterior(bnn, {})
     with pytest.raises(ValueError, match="node threshold"):
-        reduction.node_keep_masks(bnn, bnn.init_params(), threshold="median")
+        bmr_scores.node_keep_masks(bnn, bnn.init_params(), threshold="median")
 
 
 # -- node-wise -------------------------------------------------------------------------------------
@@ -106,7 +107,7 @@ def test_centred_model_and_bad_arguments_are_refused():
 def test_node_reduction_sums_each_units_column_and_bias():
     bnn = small_bnn(widths=(4, 5))
     params = hand_params(bnn, seed=1)
-    nodes = reduction.node_reduction(bnn, params, reduced_var_ratio=RATIO)
+    nodes = bmr_scores.node_reduction(bnn, params, reduced_var_ratio=RATIO)
     assert set(nodes) == {"dense0", "dense1"}      # never the output layer
     for i, name in enumerate(("dense0", "dense1")):
         kernel = delta_f_reference(*moments(params, f"layers.{i}.kernel"), 0.49, RATIO * 0.49)
@@ -114,7 +115,7 @@ def test_node_reduction_sums_each_units_column_and_bias():
         np.testing.assert_allclose(np.asarray(nodes[name]), kernel.sum(0) + bias, rtol=1e-4, atol=1e-3)
     # switching dense0's unit 3 off zeroes its score and removes its input row from dense1's sums
     masks = Masks(units={"dense0": jnp.asarray([1.0, 1.0, 1.0, 0.0])})
-    masked = reduction.node_reduction(bnn, params, masks, reduced_var_ratio=RATIO)
+    masked = bmr_scores.node_reduction(bnn, params, masks, reduced_var_ratio=RATIO)
     kernel1 = delta_f_reference(*moments(params, "layers.1.kernel"), 0.49, RATIO * 0.49)
     bias1 = delta_f_reference(*moments(params, "layers.1.bias"), 0.49, RATIO * 0.49)
     assert float(masked["dense0"][3]) == 0.0
@@ -131,13 +132,13 @@ def test_node_keep_masks_keep_units_the_data_need():
     params["layers.0.kernel.rho"] = jnp.asarray(softplus_inverse(sd))
     params["layers.0.bias.loc"] = jnp.zeros(4)
     params["layers.0.bias.rho"] = jnp.full(4, softplus_inverse(0.05))
-    scores = np.asarray(reduction.node_reduction(bnn, params)["dense0"])
+    scores = np.asarray(bmr_scores.node_reduction(bnn, params)["dense0"])
     assert np.all(scores[:2] < 0) and np.all(scores[2:] > 0)
-    keep = reduction.node_keep_masks(bnn, params)
+    keep = bmr_scores.node_keep_masks(bnn, params)
     np.testing.assert_array_equal(np.asarray(keep["dense0"]), [1, 1, 0, 0])
-    keep = reduction.node_keep_masks(bnn, params, Masks(units={"dense0": jnp.asarray([0.0, 1, 1, 1])}))
+    keep = bmr_scores.node_keep_masks(bnn, params, Masks(units={"dense0": jnp.asarray([0.0, 1, 1, 1])}))
     np.testing.assert_array_equal(np.asarray(keep["dense0"]), [0, 1, 0, 0])   # off stays off
-    learned = reduction.node_keep_masks(bnn, params, threshold="learned")
+    learned = bmr_scores.node_keep_masks(bnn, params, threshold="learned")
     np.testing.assert_array_equal(np.asarray(learned["dense0"]), [1, 1, 0, 0])
 
 
@@ -158,7 +159,7 @@ def test_elementwise_masks_prune_above_the_learned_threshold_and_keep_pruned_ent
     old = np.ones((4, 5), np.float32)
     old[0, 0] = 0.0
     params["layers.1.kernel.loc"] = params["layers.1.kernel.loc"].at[0, 0].set(5.0)  # informative, but pruned
-    masks = reduction.elementwise_masks(bnn, params, Masks(weights={"layers.1.kernel": jnp.asarray(old)}),
+    masks = bmr_scores.elementwise_masks(bnn, params, Masks(weights={"layers.1.kernel": jnp.asarray(old)}),
                                         reduced_var_ratio=RATIO)
     assert set(masks.weights) == {"layers.0.kernel", "layers.0.bias", "layers.1.kernel", "layers.1.bias"}
     for i in (0, 1):
@@ -183,7 +184,7 @@ def test_units_with_no_entries_left_are_switched_off():
     kernel1[0, :] = 0                              # nothing downstream reads dense0's unit 0
     kernel1[:, 4] = 0                              # dense1's unit 4 keeps its bias only
     weights = {"layers.0.kernel": kernel0, "layers.0.bias": bias0, "layers.1.kernel": kernel1}
-    units = reduction.units_from_weight_masks(bnn, weights)
+    units = bmr_scores.units_from_weight_masks(bnn, weights)
     np.testing.assert_array_equal(np.asarray(units["dense0"]), [0, 1, 0, 1])
     np.testing.assert_array_equal(np.asarray(units["dense1"]), [1, 1, 1, 1, 1])
     assert "dense2" not in units
@@ -197,11 +198,11 @@ def test_reductions_work_on_every_architecture(name):
     except ValueError as error:  # a net/model mismatch outside this module (reported)
         pytest.skip(f"SparseBNN refuses {name}: {error}")
     params = hand_params(bnn, seed=3)
-    nodes = reduction.node_reduction(bnn, params)
+    nodes = bmr_scores.node_reduction(bnn, params)
     assert set(nodes) == {l.name for l in bnn.layers if l.prunable}
     assert all(nodes[l.name].shape == (l.units,) and np.all(np.isfinite(nodes[l.name]))
                for l in bnn.layers if l.prunable)
-    masks = jax.jit(lambda p: reduction.elementwise_masks(bnn, p))(params)
+    masks = jax.jit(lambda p: bmr_scores.elementwise_masks(bnn, p))(params)
     output_sites = {bnn.weight_site(m.path) for m in bnn.layers[-1].members}
     assert not output_sites & set(masks.weights)
     pruned = sum(float(jnp.sum(1 - m)) for m in masks.weights.values())
@@ -269,7 +270,7 @@ def test_nodewise_bmr_recovers_the_teachers_units(teacher):
     assert result.history[0]["bmr_seconds"] == 0.0 and record["bmr_seconds"] > 0
     assert 0 < record["pruned_fraction"] < 1
     # the compact network computes what the masked network computes
-    from sparse_bnn.prune import compact
+    from sparse_bnn.compact.prune import compact
     compact_net, compact_params = compact(bnn.net, weights, keep)
     assert compact_net.widths == (kept,)
     from sparse_bnn.nets import FunctionalNet
@@ -306,7 +307,7 @@ def test_elementwise_bmr_keeps_pruned_entries_pruned(teacher):
 def test_reduction_step_compiles_once_for_any_masks():
     bnn = small_bnn(widths=(4, 5))
     params = hand_params(bnn)
-    for mode in reduction.MODES:
+    for mode in bmr_scores.MODES:
         step = reduction.make_reduction_step(bnn, mode)
         masks = reduction.full_masks(bnn, mode)
         for _ in range(3):
@@ -333,7 +334,7 @@ def test_cap_pruning_takes_the_largest_delta_f_first():
     delta_f = jnp.array([5.0, 4.0, 3.0, 2.0, 1.0, -1.0, -2.0, -3.0])
     live = jnp.ones(8)
     pruned = lambda live, fraction, zeta=0.0: np.flatnonzero(np.asarray(
-        reduction.cap_pruning(delta_f, live, zeta, fraction))).tolist()
+        bmr_scores.cap_pruning(delta_f, live, zeta, fraction))).tolist()
     assert pruned(live, 1.0) == [0, 1, 2, 3, 4]                 # uncapped: every Delta F > 0
     assert pruned(live, 0.5) == [0, 1, 2, 3]                    # 4 of 8 live, largest first
     assert pruned(live, 0.25) == [0, 1]
@@ -341,7 +342,7 @@ def test_cap_pruning_takes_the_largest_delta_f_first():
     assert pruned(live, 0.5, zeta=3.5) == [0, 1]                 # fewer candidates than allowed
     assert pruned(live, 0.1) == []                               # floor(0.8) = 0
     # a layer's members are counted together: the same picks as their concatenation
-    split = reduction.cap_pruning([delta_f[:3], delta_f[3:].reshape(1, 5)], [live[:3], live[3:].reshape(1, 5)],
+    split = bmr_scores.cap_pruning([delta_f[:3], delta_f[3:].reshape(1, 5)], [live[:3], live[3:].reshape(1, 5)],
                                   0.0, 0.5)
     assert np.flatnonzero(np.concatenate([np.ravel(m) for m in split])).tolist() == [0, 1, 2, 3]
 
@@ -349,7 +350,7 @@ def test_cap_pruning_takes_the_largest_delta_f_first():
 def test_nodewise_bmr_with_shrinking_trains_a_smaller_network(teacher):
     """``fit_with_bmr(shrink=...)``: the units the reduction prunes are removed physically; the
     run ends on a narrower network that still fits the teacher, in the original unit numbering."""
-    from sparse_bnn.shrink import ShrinkResult, ShrinkSchedule
+    from sparse_bnn.sparsify.shrink import ShrinkResult, ShrinkSchedule
     (x, y), (x_test, y_test) = teacher
     widths = []
     result = reduction.fit_with_bmr(
@@ -376,7 +377,7 @@ def test_nodewise_bmr_with_shrinking_trains_a_smaller_network(teacher):
 
 
 def test_shrinking_needs_nodewise_bmr(teacher):
-    from sparse_bnn.shrink import ShrinkSchedule, fit_shrinking
+    from sparse_bnn.sparsify.shrink import ShrinkSchedule, fit_shrinking
     (x, y), _ = teacher
     with pytest.raises(ValueError, match="nodewise"):
         reduction.fit_with_bmr(teacher_bnn(), x, y, mode="elementwise", epochs=2, progress=False,
@@ -396,7 +397,8 @@ def test_bmr_from_the_cli_options(tmp_path, mode, shrink, epochs, batch_size, wa
     original network."""
     import json
     from sparse_bnn.cli import build_parser, config_from_args
-    from sparse_bnn.run import build_model, load_run_dataset, net_config, run_experiment
+    from sparse_bnn.experiment.run import build_model, net_config, run_experiment
+    from sparse_bnn.experiment.evaluate import load_run_dataset
 
     out = tmp_path / "run"
     args = build_parser().parse_args(
@@ -435,7 +437,7 @@ def test_default_warmup_is_five_epochs_or_half_a_short_run():
 
 
 def test_bmr_cli_option_conflicts(tmp_path):
-    from sparse_bnn.run import RunConfig
+    from sparse_bnn.experiment.run import RunConfig
     base = dict(out=str(tmp_path / "bad"), data="digits", prior="flat")
     with pytest.raises(ValueError, match="nodewise"):
         RunConfig.flat(**base, bmr="elementwise", shrink=True).check()

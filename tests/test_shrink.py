@@ -26,17 +26,17 @@ import pytest
 from flax import nnx
 from numpyro.primitives import Messenger
 
-from sparse_bnn.elbo import elbo_terms
+from sparse_bnn.core.elbo import elbo_terms
 from sparse_bnn.train import init_state, svi_optimizer
-from sparse_bnn.guide import ConcreteBernoulli, softplus
-from sparse_bnn.kl import kl_lognormal_gamma, kl_lognormal_invgamma, kl_normal
-from sparse_bnn.model import Masks, SparseBNN
+from sparse_bnn.core.guide import ConcreteBernoulli, softplus
+from sparse_bnn.core.kl import kl_lognormal_gamma, kl_lognormal_invgamma, kl_normal
+from sparse_bnn.core.model import Masks, SparseBNN
 from sparse_bnn.nets import MLP, NETS, net_from_config
 from sparse_bnn.nets.base import unit_broadcast
 from sparse_bnn.priors import get_prior
-from sparse_bnn.shrink import (ShrinkSchedule, bucketed_width,
-                               fit_shrinking, release_units, removal_threshold, shrunk_model, site_unit_axes, slice_masks,
-                               slice_opt_state, slice_sites, slice_variational)
+from sparse_bnn.sparsify.shrink import ShrinkSchedule, fit_shrinking, removal_threshold
+from sparse_bnn.sparsify.slicing import (bucketed_width, release_units, shrunk_model, site_unit_axes, slice_masks,
+                                         slice_opt_state, slice_sites, slice_variational)
 
 
 class fixed_noise(Messenger):
@@ -417,9 +417,9 @@ def test_digits_with_and_without_shrinking_agree():
     with 10 samples the gap was 0.8). Test time ~200 s on the loaded 2-core machine: 4
     compilations of ~35 s each dominate.
     """
-    from sparse_bnn.data import load_dataset
+    from sparse_bnn.data.sources import load_dataset
     from sparse_bnn.train import fit
-    from sparse_bnn.posterior import keep_masks, predict, predict_mean
+    from sparse_bnn.core.posterior import keep_masks, predict, predict_mean
 
     data = load_dataset("digits")
     n = data.x_train.shape[0]
@@ -462,7 +462,8 @@ def test_digits_with_and_without_shrinking_agree():
 def test_shrink_from_the_run_api_and_cli_options(tmp_path):
     """``--shrink`` with its options and ``--rho-init`` reach the model and the run directory."""
     from sparse_bnn.cli import build_parser, config_from_args
-    from sparse_bnn.run import RunConfig, build_model, load_run_dataset, net_config, run_experiment
+    from sparse_bnn.experiment.run import RunConfig, build_model, net_config, run_experiment
+    from sparse_bnn.experiment.evaluate import load_run_dataset
 
     args = build_parser().parse_args(
         ["fit", "--data", "digits", "--n-train", "320", "--n-test", "100", "--widths", "24,16",

@@ -2,7 +2,7 @@
 fixed case (every prior, soft/hard indicators, centred form, masks) are pinned to the values the
 step gave before any optimisation (commit 3a29cec), for the same key and parameters. The
 cases draw the weight noise with ``weight_noise="threefry"`` (the generator of that commit);
-``ss-ghs-hash`` pins the default hash noise (``sparse_bnn.noise``) since it was introduced.
+``ss-ghs-hash`` pins the default hash noise (``sparse_bnn.core.noise``) since it was introduced.
 
 Each gradient is pinned by two numbers: its dot product with a fixed random probe (sensitive to
 every entry and to their order) and its L2 norm. Regenerate only for an intended change of
@@ -18,7 +18,7 @@ import pytest
 from flax import nnx
 
 from sparse_bnn.train import loss_fn
-from sparse_bnn.model import Masks, SparseBNN
+from sparse_bnn.core.model import Masks, SparseBNN
 from sparse_bnn.nets import MLP
 from sparse_bnn.priors import get_prior
 

@@ -3,8 +3,8 @@
 A prior is a small frozen dataclass of hyperparameters. Every prior owns the slab of the
 non-centred weights, ``w~ ~ N(0, sigma_0^2)`` elementwise (:meth:`Prior.slab_std`,
 :meth:`Prior.slab_variance`, :meth:`Prior.slab_kl`, :meth:`Prior.slab_rho`); the node indicators
-``z`` and the normal guide of ``w~`` are shared by all priors (:mod:`sparse_bnn.model`,
-:mod:`sparse_bnn.guide`). A prior adds its *scales*:
+``z`` and the normal guide of ``w~`` are shared by all priors (:mod:`sparse_bnn.core.model`,
+:mod:`sparse_bnn.core.guide`). A prior adds its *scales*:
 
 * ``scale_sites(layers)``: the positive latent variables it introduces (``tau2``, ``lam2``,
   ``s2_a``, ...), each fitted by a log-normal factor in the guide;
@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sparse_bnn.kl import kl_normal, kl_normal_expected_var
+from sparse_bnn.core.kl import kl_normal, kl_normal_expected_var
 from sparse_bnn.nets.base import UnitLayer
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
-from sparse_bnn.kl import kl_lognormal_gamma, lognormal_mean
+from sparse_bnn.core.kl import kl_lognormal_gamma, lognormal_mean
 from sparse_bnn.priors.base import Prior, ScaleSite, check_positive
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
-from sparse_bnn.kl import kl_lognormal_gamma, kl_lognormal_invgamma, lognormal_mean
+from sparse_bnn.core.kl import kl_lognormal_gamma, kl_lognormal_invgamma, lognormal_mean
 from sparse_bnn.nets.base import UnitLayer
 from sparse_bnn.priors.base import (LogNormalFactor, Prior, ScaleSite, check_positive,
                                     gauss_hermite_expectation)

@@ -14,7 +14,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
-from sparse_bnn.kl import kl_lognormal_gamma, lognormal_mean
+from sparse_bnn.core.kl import kl_lognormal_gamma, lognormal_mean
 from sparse_bnn.nets.base import UnitLayer
 from sparse_bnn.priors.base import LogNormalFactor, Prior, ScaleSite, check_positive
 

@@ -18,7 +18,7 @@ import numpy as np
 from flax import serialization
 
 from sparse_bnn import atomic
-from sparse_bnn.model import Masks
+from sparse_bnn.core.model import Masks
 from sparse_bnn.train.state import TrainState
 
 CHECKPOINT_FILE = "checkpoint.msgpack"

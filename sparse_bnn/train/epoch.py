@@ -4,7 +4,7 @@ The data set lives on the devices (:func:`make_epoch`) or in host memory, stream
 minibatches (:class:`StreamingEpoch`); both draw the same permutation and keys from the state
 (:func:`epoch_plan`), hence give the same result. Over several devices each minibatch is
 sharded along the mesh's ``"data"`` axis and parameters are replicated
-(:mod:`sparse_bnn.distributed`). :func:`compile_epoch` builds either for a model and is what
+(:mod:`sparse_bnn.train.distributed`). :func:`compile_epoch` builds either for a model and is what
 the training loop calls again whenever a hook hands it a smaller network.
 """
 from __future__ import annotations
@@ -17,10 +17,10 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from sparse_bnn.distributed import (batch_sharding, chunk_sharding, local_batch_slice, place, place_chunk,
-                                    replicated)
-from sparse_bnn.elbo import elbo_terms
-from sparse_bnn.model import Masks, SparseBNN
+from sparse_bnn.train.distributed import (batch_sharding, chunk_sharding, local_batch_slice, place, place_chunk,
+                                          replicated)
+from sparse_bnn.core.elbo import elbo_terms
+from sparse_bnn.core.model import Masks, SparseBNN
 from sparse_bnn.train.state import EpochStats, TrainState
 
 STREAM_CHUNK_BYTES = 64 * 2**20  # inputs per streamed chunk (two chunks are in flight at a time)
@@ -92,7 +92,7 @@ def make_epoch(step: Callable, n_data: int, batch_size: int, mesh: Mesh | None =
 
     Returns ``epoch(state, x, y) -> (state, EpochStats)``; ``x [N, ...]``, ``y [N, ...]`` on device.
     The last incomplete minibatch of each shuffled epoch is dropped (static shapes).
-    With a ``mesh`` (see :mod:`sparse_bnn.distributed`), ``x``/``y`` are expected replicated: the
+    With a ``mesh`` (see :mod:`sparse_bnn.train.distributed`), ``x``/``y`` are expected replicated: the
     shuffled indices are sharded along the batch axis, so each device gathers its own rows and
     every minibatch is sharded over ``"data"``; parameters and optimiser state stay replicated.
     """

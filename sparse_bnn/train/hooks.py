@@ -30,8 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from sparse_bnn.distributed import place, replicated
-from sparse_bnn.model import Masks, SparseBNN
+from sparse_bnn.train.distributed import place, replicated
+from sparse_bnn.core.model import Masks, SparseBNN
 from sparse_bnn.train.state import Fitting
 
 __all__ = ["Hook", "KeptUnits", "LoopInfo", "ProgressBar", "Validation", "kept_units", "order_hooks"]
@@ -94,7 +94,7 @@ def order_hooks(hooks, builtins) -> list[Hook]:
 def kept_units(bnn: SparseBNN, params: Mapping[str, jax.Array], threshold: float = 0.5,
                masks: Masks | None = None) -> dict[str, int]:
     """Units per hidden layer kept by the median-probability model (and not masked off)."""
-    from sparse_bnn.posterior import keep_masks
+    from sparse_bnn.core.posterior import keep_masks
     keep = keep_masks(bnn, params, threshold, masks)
     return {l.name: int(np.sum(np.asarray(keep[l.name]))) if l.name in keep else l.units
             for l in bnn.layers[:-1]}
@@ -132,7 +132,7 @@ class Validation(Hook):
 
     def _program(self, bnn: SparseBNN) -> Callable:
         if bnn is not self._model:
-            from sparse_bnn.posterior import posterior_mean_params
+            from sparse_bnn.core.posterior import posterior_mean_params
             # x is an argument, not a closed-over constant: XLA would otherwise constant-fold it
             self._outputs = jax.jit(lambda params, masks, x: bnn.functional.apply(
                 posterior_mean_params(bnn, params, masks=masks)[0], x))

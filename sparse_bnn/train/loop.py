@@ -1,8 +1,8 @@
 """The training loop: :func:`fit` runs compiled SVI epochs and calls hooks between them.
 
 Everything a run does besides SVI steps is a hook (:mod:`sparse_bnn.train.hooks`): shrinking
-the network (:class:`sparse_bnn.shrink.Shrink`), Bayesian model reduction
-(:class:`sparse_bnn.reduction.Reduction`), kept-unit counts, validation, a user's early stop.
+the network (:class:`sparse_bnn.sparsify.shrink.Shrink`), Bayesian model reduction
+(:class:`sparse_bnn.sparsify.reduction.Reduction`), kept-unit counts, validation, a user's early stop.
 The loop owns what every run shares: the device mesh and where the data live, compiling the
 epoch (again whenever a hook hands over a smaller network), the divergence guard, checkpoints
 and resuming, callbacks and the progress bar. Since every hook runs on the same loop, every hook
@@ -19,8 +19,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from sparse_bnn.distributed import check_batch_size, place, replicated, resolve_mesh, should_stream
-from sparse_bnn.model import Masks, SparseBNN
+from sparse_bnn.train.distributed import check_batch_size, place, replicated, resolve_mesh, should_stream
+from sparse_bnn.core.model import Masks, SparseBNN
 from sparse_bnn.train.checkpoint import read_checkpoint, restore_state, save_checkpoint
 from sparse_bnn.train.epoch import compile_epoch, init_state, training_data, validate_data
 from sparse_bnn.train.hooks import Hook, KeptUnits, LoopInfo, ProgressBar, Validation, order_hooks
@@ -85,24 +85,24 @@ def fit(bnn: SparseBNN, x, y, *, epochs: int, batch_size: int = 1024,
       validation: ``(x_val, y_val)`` evaluated with the posterior-mean network after each epoch
         (the :class:`~sparse_bnn.train.hooks.Validation` hook).
       hooks: :class:`~sparse_bnn.train.hooks.Hook` objects run after every epoch, e.g.
-        ``sparse_bnn.shrink.Shrink()`` or ``sparse_bnn.reduction.Reduction("nodewise")``.
+        ``sparse_bnn.sparsify.shrink.Shrink()`` or ``sparse_bnn.sparsify.reduction.Reduction("nodewise")``.
       checkpoint_dir: where checkpoints go (:class:`Checkpointer`).
       resume: continue from the checkpoint in ``checkpoint_dir`` if there is one (hooks rebuild
         the network it was written with).
       callbacks: ``callback(epoch, record, state)`` after each epoch (after the hooks).
-      masks: fixed unit/entry masks (:class:`sparse_bnn.model.Masks`), e.g. for fine-tuning.
+      masks: fixed unit/entry masks (:class:`sparse_bnn.core.model.Masks`), e.g. for fine-tuning.
       init_params: start from these variational parameters instead of the initialisation.
       checkpoint_interval: seconds of training between checkpoints (``0``: after every epoch);
         the last epoch is always written.
       mesh: a :class:`jax.sharding.Mesh` with an axis ``"data"``: every minibatch is sharded along
         it, parameters and optimiser state are replicated, XLA reduces the gradients
-        (:mod:`sparse_bnn.distributed`). ``batch_size`` is the global batch and must divide by
+        (:mod:`sparse_bnn.train.distributed`). ``batch_size`` is the global batch and must divide by
         the size of the ``"data"`` axis.
       devices: instead of ``mesh``: the first ``N`` local devices (or a list of devices); by
         default every device (one device: the plain single-device computation).
       streaming: ``True`` keeps the data in host memory and streams each epoch to the devices in
         chunks with prefetching; ``False`` puts the data on every device; ``None`` chooses by
-        size (:func:`sparse_bnn.distributed.should_stream`). Both give the same result.
+        size (:func:`sparse_bnn.train.distributed.should_stream`). Both give the same result.
       stream_chunk_steps: minibatches per streamed chunk (default: about 64 MiB of inputs).
 
     Returns:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import optax
 
-from sparse_bnn.spec import INDICATOR_LOGIT_SUFFIX as INDICATOR_SUFFIX
+from sparse_bnn.core.spec import INDICATOR_LOGIT_SUFFIX as INDICATOR_SUFFIX
 
 
 def scale_indicator_updates(factor: float) -> optax.GradientTransformation:

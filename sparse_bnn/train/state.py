@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import optax
 
-from sparse_bnn.model import Masks, SparseBNN
+from sparse_bnn.core.model import Masks, SparseBNN
 
 
 class TrainState(NamedTuple):

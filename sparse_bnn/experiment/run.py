@@ -1,0 +1,291 @@
+"""One experiment in one run directory: load data, build the model, fit, prune, evaluate, plot.
+
+:func:`run_experiment` is what ``sparse-bnn fit`` calls; notebooks and benchmarks call it too::
+
+    metrics = run_experiment(RunConfig.flat(out="runs/d", data="digits", widths=[32, 32], epochs=5))
+
+The run directory ``RUN`` ends up holding
+
+* ``config.json``: the :class:`~sparse_bnn.experiment.config.RunConfig` (key ``"run"``, nested as
+  :meth:`~sparse_bnn.experiment.config.RunConfig.to_dict` writes it; ``RunConfig.from_dict`` reads the
+  flat form of older runs too), the network's config and the library version;
+* ``checkpoint/`` (and ``checkpoint_finetune/``): the latest checkpoint, written atomically
+  every ``checkpoint_interval`` seconds of training and after the last epoch
+  (:class:`sparse_bnn.train.loop.Checkpointer`);
+* ``history.json``: one record per epoch (loss, nll, kl, kept units, seconds, validation);
+* ``variational_params.msgpack``: the fitted variational parameters and fixed masks;
+* ``compact/``: the compact median-probability network with posterior samples
+  (:func:`sparse_bnn.compact.io.load_compact`);
+* ``report.json``: the :class:`~sparse_bnn.compact.report.CompressionReport`;
+* ``plots/*.png``: loss curves, kept units, inclusion histograms, reliability diagram;
+* ``metrics.json``: written last and atomically; its presence marks the run as finished.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import serialization
+
+import sparse_bnn
+from sparse_bnn import atomic
+from sparse_bnn.core import posterior
+from sparse_bnn.core.model import Masks, SparseBNN
+from sparse_bnn.data.preprocess import Dataset, flip_augment
+from sparse_bnn.experiment.config import BMR_MODES, RunConfig  # noqa: F401 (BMR_MODES: for old imports)
+from sparse_bnn.experiment.evaluate import evaluate_fitted, load_run_dataset, write_json
+from sparse_bnn.experiment.run_files import (CHECKPOINT_DIR, CONFIG_FILE, FINETUNE_CHECKPOINT_DIR, HISTORY_FILE,
+                                             METRICS_FILE, PARAMS_FILE, PLOTS_DIR)
+from sparse_bnn.nets import NETS, net_from_config
+from sparse_bnn.priors import get_prior
+from sparse_bnn.sparsify.reduction import NodeBMRRule, Reduction, resolve_warmup_epochs
+from sparse_bnn.sparsify.shrink import Shrink
+from sparse_bnn.train import Hook, fit
+
+REGRESSION_LIKELIHOOD_NOISE = None  # learned
+
+
+class RunDirectoryError(ValueError):
+    """The output directory holds a finished or unfinished run that we must not silently touch."""
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+def net_config(config: RunConfig, dataset: Dataset) -> dict:
+    """The network config for the data set's input shape and classes (or 1 output for regression)."""
+    outputs = dataset.num_classes if dataset.task == "classification" else int(np.prod(dataset.y_train.shape[1:]))
+    model = config.model
+    if model.net == "mlp":
+        return {"net": "mlp", "in_features": dataset.input_dim, "widths": list(model.widths),
+                "out_features": outputs, "activation": model.activation}
+    cls = NETS[model.net]
+    if hasattr(cls, "default_config"):
+        built = dict(cls.default_config(tuple(dataset.input_shape), outputs))
+    else:  # until every net has default_config: image nets take (image_size, in_channels, classes)
+        if len(dataset.input_shape) != 3 or dataset.input_shape[0] != dataset.input_shape[1]:
+            raise ValueError(f"net {model.net!r} needs square images [H, W, C]; the data set "
+                             f"{dataset.name!r} has examples of shape {tuple(dataset.input_shape)}")
+        size, _, channels = dataset.input_shape
+        kwargs = dict(image_size=int(size), in_channels=int(channels), num_classes=int(outputs))
+        if model.net.startswith("resnet"):
+            kwargs["depth"] = int(model.net.removeprefix("resnet"))
+        if "activation" in inspect.signature(cls.__init__).parameters:
+            kwargs["activation"] = model.activation
+        from flax import nnx
+        built = cls(**kwargs, rngs=nnx.Rngs(0)).config
+    if model.net.startswith("resnet"):
+        built["net"] = model.net
+    return built
+
+
+def build_model(config: RunConfig, dataset: Dataset, net_cfg: Mapping[str, Any], *,
+                freeze_indicators: bool = False) -> SparseBNN:
+    """The :class:`SparseBNN` of a run (network seeded by ``config.training.seed``; the prior
+    built with ``--sigma0`` and the ``--prior-option`` hyperparameters)."""
+    model = config.model
+    cls = NETS[model.net]
+    sigma_0 = model.sigma0 if model.sigma0 is not None else getattr(cls, "reference_sigma_0", 1.0)
+    inclusion = model.inclusion if model.inclusion is not None else getattr(cls, "reference_inclusion", "theory")
+    net = net_from_config(dict(net_cfg), seed=config.training.seed)
+    likelihood = "categorical" if dataset.task == "classification" else "gaussian"
+    prior = get_prior(model.prior, sigma_0=float(sigma_0), **model.prior_options)
+    return SparseBNN(net, prior, n_data=len(dataset.x_train),
+                     likelihood=likelihood, noise=REGRESSION_LIKELIHOOD_NOISE, inclusion=inclusion,
+                     centred=model.centred, temperature=model.temperature, hard=not model.soft,
+                     rho_init=model.rho_init, freeze_indicators=freeze_indicators,
+                     weight_noise=model.weight_noise)
+
+
+def save_variational_params(path: Path, params: Mapping[str, jax.Array], masks: Masks) -> None:
+    """``{"params": {name: array}, "masks": {"units": ..., "weights": ...}}`` as msgpack."""
+    payload = {"params": {k: np.asarray(v) for k, v in params.items()},
+               "masks": {"units": {k: np.asarray(v) for k, v in masks.units.items()},
+                         "weights": {k: np.asarray(v) for k, v in masks.weights.items()}}}
+    atomic.write_bytes(path, serialization.msgpack_serialize(payload))
+
+
+def load_variational_params(path: Path) -> tuple[dict[str, np.ndarray], Masks]:
+    """The inverse of :func:`save_variational_params` (msgpack only; no code runs)."""
+    payload = serialization.msgpack_restore(Path(path).read_bytes())
+    masks = payload.get("masks", {})
+    return dict(payload["params"]), Masks(dict(masks.get("units", {})), dict(masks.get("weights", {})))
+
+
+def prepare_run_directory(out: Path, *, resume: bool, overwrite: bool) -> bool:
+    """Check what ``out`` holds; returns ``True`` when an unfinished run is to be resumed.
+
+    Raises :class:`RunDirectoryError` for a finished run without ``overwrite``, an unfinished
+    one without ``resume``/``overwrite``, or a non-empty folder that is not a run directory.
+    """
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise RunDirectoryError(f"--out {out} exists and is not a directory")
+    entries = [p for p in out.iterdir()]
+    if not entries:
+        return False
+    is_run = (out / CONFIG_FILE).exists() or (out / METRICS_FILE).exists() or (out / CHECKPOINT_DIR).exists()
+    if not is_run:
+        raise RunDirectoryError(f"--out {out} is a non-empty folder that is not a sparse-bnn run "
+                                "directory; choose a new or empty folder")
+    finished = (out / METRICS_FILE).exists()
+    if overwrite:
+        if finished:  # first un-finish it, so that an interruption cannot leave it looking finished
+            (out / METRICS_FILE).unlink()
+        shutil.rmtree(out)
+        return False
+    if finished:
+        raise RunDirectoryError(f"{out} already holds a finished run ({METRICS_FILE} exists); "
+                                "pass --overwrite to replace it or choose another --out")
+    if not resume:
+        raise RunDirectoryError(f"{out} holds a started but unfinished run; pass --resume to continue "
+                                "it or --overwrite to start again")
+    return True
+
+
+def _check_resumable(out: Path, config: RunConfig) -> None:
+    saved_file = out / CONFIG_FILE
+    if not saved_file.exists():
+        return
+    different = config.identity_differences(json.loads(saved_file.read_text()).get("run", {}))
+    if different:
+        lines = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in different.items())
+        raise RunDirectoryError(f"cannot resume {out}: the run was started with other settings ({lines}); "
+                                "repeat the original options or pass --overwrite")
+
+
+def training_hooks(config: RunConfig) -> list[Hook]:
+    """The hooks of a run's sparse training: BMR (``--bmr``), shrinking (``--shrink``; with
+    ``--bmr nodewise`` the units the reduction prunes are removed), or none."""
+    if config.bmr.mode != "none":
+        warmup = resolve_warmup_epochs(config.bmr.warmup, config.training.epochs)
+        if config.shrink.enabled:
+            return [Shrink(config.shrink_schedule(), NodeBMRRule(warmup))]
+        return [Reduction(config.bmr.mode, warmup)]
+    if config.shrink.enabled:
+        return [Shrink(config.shrink_schedule())]
+    return []
+
+
+def _check_devices(config: RunConfig) -> None:
+    devices = config.training.devices
+    if devices is None:
+        return
+    available = jax.device_count()
+    if devices > available:
+        raise ValueError(f"--devices {devices} but JAX sees only {available} device(s) "
+                         f"({jax.devices()[0].platform})")
+
+
+# ----------------------------------------------------------------------------- the experiment
+
+def _log_epoch(log: Callable[[str], None], offset: int = 0, label: str = "epoch"):
+    def callback(epoch: int, record: dict, state) -> None:
+        kept = "/".join(str(v) for v in record["kept"].values())
+        extra = "".join(f" {k}={record[k]:.4f}" for k in ("val_accuracy", "val_rmse") if k in record)
+        log(f"{label} {epoch + offset}: loss={record['loss']:.4f} nll={record['nll']:.4f} "
+            f"kl={record['kl']:.4f} kept={kept}{extra} ({record['seconds']:.2f}s)")
+    return callback
+
+
+def run_experiment(config: RunConfig | Mapping[str, Any], *, resume: bool = False, overwrite: bool = False,
+                   progress: bool = True, log: Callable[[str], None] | None = None) -> dict:
+    """Run one experiment into ``config.out`` and return its metrics (also in ``metrics.json``).
+
+    Args:
+      config: a :class:`RunConfig` (or a dict: :meth:`RunConfig.from_dict`).
+      resume: continue an unfinished run in ``config.out`` from its last checkpoint.
+      overwrite: replace whatever run ``config.out`` holds.
+      progress: show fit's progress bar per epoch; otherwise ``log`` gets one line per epoch.
+      log: where per-epoch lines and notes go (``None``: nowhere).
+
+    Raises:
+      ValueError / DataNotFoundError: bad input (nothing is written then, or an unfinished run).
+      RunDirectoryError: ``config.out`` holds a run that must not be touched.
+      sparse_bnn.train.DivergenceError: the loss stopped being finite; the last good checkpoint stays
+        in ``RUN/checkpoint`` and no ``metrics.json`` is written.
+    """
+    config = RunConfig.from_dict(config) if isinstance(config, Mapping) else config
+    config.check()
+    _check_devices(config)
+    out = Path(config.out)
+    resuming = prepare_run_directory(out, resume=resume, overwrite=overwrite)
+    if resuming:
+        _check_resumable(out, config)
+    hooks = training_hooks(config)
+    dataset = load_run_dataset(config)
+    net_cfg = net_config(config, dataset)
+    bnn = build_model(config, dataset, net_cfg)
+    augment_flag = dataset.flip_augment if config.data.augment is None else config.data.augment
+    augment = flip_augment if augment_flag and dataset.is_image else None
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / CONFIG_FILE, {
+        "run": config.to_dict(), "net_config": net_cfg, "sparse_bnn_version": sparse_bnn.__version__,
+        "jax_version": jax.__version__, "dataset": dataset.summary(), "augment": bool(augment is not None),
+        "sigma_0": float(bnn.prior.sigma_0), "inclusion": {k: float(v) for k, v in bnn.inclusion.items()}})
+    training = config.training
+    optimizer = config.optimizer(training.epochs, len(dataset.x_train))
+    validation = (dataset.x_val, dataset.y_val) if len(dataset.x_val) else None
+    checkpoint_dir = out / CHECKPOINT_DIR
+    quiet_log = (lambda message: None) if log is None else log
+    callbacks = () if progress else (_log_epoch(quiet_log),)
+    fit_kwargs = dict(epochs=training.epochs, batch_size=training.batch_size, optimizer=optimizer,
+                      seed=training.seed, augment=augment, progress=progress, validation=validation,
+                      callbacks=callbacks, checkpoint_interval=training.checkpoint_interval,
+                      devices=training.devices)
+    started = time.perf_counter()
+    result = fit(bnn, dataset.x_train, dataset.y_train, hooks=hooks, checkpoint_dir=checkpoint_dir,
+                 resume=True, **fit_kwargs)
+    history = [dict(r, phase="sparse") for r in result.history]
+    compile_seconds = result.compile_seconds
+    final_bnn, params, masks = result.bnn, result.params, result.state.masks
+    inclusion = {name: np.asarray(p) for name, p in posterior.inclusion_probs(final_bnn, params).items()}
+
+    if training.fine_tune_epochs > 0:
+        keep = posterior.keep_masks(final_bnn, params, config.evaluation.threshold, masks)
+        unit_masks = Masks(units={name: jnp.asarray(k, jnp.float32) for name, k in keep.items()},
+                           weights=dict(masks.weights))
+        # the fitted net's own config: after --shrink it is smaller than net_cfg
+        tuned_bnn = build_model(config, dataset, final_bnn.net.config, freeze_indicators=True)
+        wanted = tuned_bnn.init_params()
+        init = {k: params[k] for k in wanted}
+        tuned = fit(tuned_bnn, dataset.x_train, dataset.y_train, init_params=init, masks=unit_masks,
+                    checkpoint_dir=out / FINETUNE_CHECKPOINT_DIR, resume=True,
+                    **{**fit_kwargs, "epochs": training.fine_tune_epochs,
+                       "optimizer": config.optimizer(training.fine_tune_epochs, len(dataset.x_train)),
+                       "callbacks": () if progress else (_log_epoch(quiet_log, training.epochs, "fine-tune epoch"),)})
+        history += [dict(r, epoch=r["epoch"] + training.epochs, phase="fine-tune") for r in tuned.history]
+        compile_seconds += tuned.compile_seconds
+        final_bnn, params, masks = tuned.bnn, tuned.params, tuned.state.masks
+    session_seconds = time.perf_counter() - started
+
+    write_json(out / HISTORY_FILE, history)
+    save_variational_params(out / PARAMS_FILE, params, masks)
+    # after --shrink the fitted network is smaller than the one the run started from: the report
+    # compares the compact network with that original dense network, in its unit numbering
+    unit_origin = result.unit_origin
+    dense = (net_from_config(dict(net_cfg), seed=training.seed), unit_origin) if unit_origin else None
+    metrics = evaluate_fitted(final_bnn, params, masks, dataset, config, out, dense=dense)
+    metrics.update(training_seconds=float(sum(r["seconds"] for r in history)),
+                   compile_seconds=float(compile_seconds), session_seconds=float(session_seconds),
+                   epochs=int(training.epochs), fine_tune_epochs=int(training.fine_tune_epochs))
+    _plots(out, history, inclusion, metrics.pop("_calibration", None), config.evaluation.threshold, quiet_log)
+    write_json(out / METRICS_FILE, metrics)
+    return metrics
+
+
+def _plots(out: Path, history: list[dict], inclusion: Mapping[str, np.ndarray], calibration,
+           threshold: float, log) -> None:
+    from sparse_bnn import plots
+    try:
+        plots.write_run_plots(out / PLOTS_DIR, history, inclusion, calibration, threshold)
+    except Exception as error:  # noqa: BLE001 - a failed figure must not lose a finished run
+        log(f"warning: could not draw the plots: {error}")

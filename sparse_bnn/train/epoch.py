@@ -277,7 +277,9 @@ def compile_epoch(bnn: SparseBNN, optimizer: optax.GradientTransformation, data:
         epoch = StreamingEpoch(step, data.n_data, data.batch_size, data.mesh, data.chunk_steps)
         epoch.compile(template, data.x, data.y)
         return lambda state: epoch(state, data.x, data.y)
-    epoch_fn = jax.jit(make_epoch(step, data.n_data, data.batch_size, data.mesh), donate_argnums=0,
+    # on one device the sharding annotations inside the scan only cost time
+    inner_mesh = data.mesh if data.mesh.devices.size > 1 else None
+    epoch_fn = jax.jit(make_epoch(step, data.n_data, data.batch_size, inner_mesh), donate_argnums=0,
                        out_shardings=replicated(data.mesh))
     compiled = epoch_fn.lower(template, data.x_device, data.y_device).compile()
     return lambda state: compiled(state, data.x_device, data.y_device)

@@ -428,3 +428,21 @@ def test_run_config_activation_reaches_the_conv_nets(net, shape, activation):
     model = net_from_config(built)
     x = jax.random.normal(jax.random.PRNGKey(0), (2, *shape))
     assert model.activation == built["activation"] and model(x).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_every_net_declares_its_default_configuration(name):
+    """``NETS[name].default_config(input_shape, outputs, ...)`` builds a net for the data (the run
+    has no per-net special case): the MLP flattens the input and takes --widths, image nets take
+    the images' size and channels, a ResNet its depth from the registry name."""
+    shape = (64,) if name == "mlp" else (32, 32, 3)
+    config = NETS[name].default_config(shape, 7, name=name, widths=[12, 8], activation="silu")
+    net = net_from_config(config)
+    assert net(jnp.zeros((2, *shape))).shape == (2, 7)
+    if name == "mlp":
+        assert config["widths"] == [12, 8] and config["in_features"] == 64
+    if name.startswith("resnet"):
+        assert config["net"] == name and config["depth"] == int(name.removeprefix("resnet"))
+    if name != "mlp":
+        with pytest.raises(ValueError, match="needs square images"):
+            NETS[name].default_config((28, 20, 1), 7, name=name)

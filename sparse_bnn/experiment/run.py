@@ -22,7 +22,6 @@ The run directory ``RUN`` ends up holding
 """
 from __future__ import annotations
 
-import inspect
 import json
 import shutil
 import time
@@ -59,30 +58,15 @@ class RunDirectoryError(ValueError):
 # ----------------------------------------------------------------------------- building blocks
 
 def net_config(config: RunConfig, dataset: Dataset) -> dict:
-    """The network config for the data set's input shape and classes (or 1 output for regression)."""
+    """The network config for the data set's input shape and classes (or outputs for regression):
+    the net's own ``default_config`` with the run's ``--widths`` and ``--activation``."""
     outputs = dataset.num_classes if dataset.task == "classification" else int(np.prod(dataset.y_train.shape[1:]))
     model = config.model
-    if model.net == "mlp":
-        return {"net": "mlp", "in_features": dataset.input_dim, "widths": list(model.widths),
-                "out_features": outputs, "activation": model.activation}
-    cls = NETS[model.net]
-    if hasattr(cls, "default_config"):
-        built = dict(cls.default_config(tuple(dataset.input_shape), outputs))
-    else:  # until every net has default_config: image nets take (image_size, in_channels, classes)
-        if len(dataset.input_shape) != 3 or dataset.input_shape[0] != dataset.input_shape[1]:
-            raise ValueError(f"net {model.net!r} needs square images [H, W, C]; the data set "
-                             f"{dataset.name!r} has examples of shape {tuple(dataset.input_shape)}")
-        size, _, channels = dataset.input_shape
-        kwargs = dict(image_size=int(size), in_channels=int(channels), num_classes=int(outputs))
-        if model.net.startswith("resnet"):
-            kwargs["depth"] = int(model.net.removeprefix("resnet"))
-        if "activation" in inspect.signature(cls.__init__).parameters:
-            kwargs["activation"] = model.activation
-        from flax import nnx
-        built = cls(**kwargs, rngs=nnx.Rngs(0)).config
-    if model.net.startswith("resnet"):
-        built["net"] = model.net
-    return built
+    try:
+        return dict(NETS[model.net].default_config(tuple(dataset.input_shape), outputs, name=model.net,
+                                                   widths=list(model.widths), activation=model.activation))
+    except ValueError as error:
+        raise ValueError(f"net {model.net!r} does not fit the data set {dataset.name!r}: {error}") from error
 
 
 def build_model(config: RunConfig, dataset: Dataset, net_cfg: Mapping[str, Any], *,

@@ -207,3 +207,29 @@ def check_widths(widths: Sequence[int], what: str = "widths") -> tuple[int, ...]
     if any(w <= 0 for w in widths):
         raise ValueError(f"{what} must all be positive integers, got {list(widths)}")
     return widths
+
+
+def image_net_config(cls: type, input_shape: Sequence[int], outputs: int, **constructor: Any) -> dict:
+    """The config of the image net ``cls`` built for square images ``input_shape = (H, W, C)`` and
+    ``outputs`` classes; ``constructor`` options go to ``cls`` where its constructor takes them
+    (``None`` values stay at the constructor's defaults)."""
+    import inspect
+    if len(input_shape) != 3 or input_shape[0] != input_shape[1]:
+        raise ValueError(f"net {cls.__name__} needs square images [H, W, C]; the data set has examples of "
+                         f"shape {tuple(input_shape)}")
+    size, _, channels = input_shape
+    accepted = inspect.signature(cls.__init__).parameters
+    options = {k: v for k, v in constructor.items() if k in accepted and v is not None}
+    return cls(image_size=int(size), in_channels=int(channels), num_classes=int(outputs), **options,
+               rngs=nnx.Rngs(0)).config
+
+
+class ImageNet:
+    """Mixin of the image nets: :meth:`default_config` for a data set's images and classes."""
+
+    @classmethod
+    def default_config(cls, input_shape: Sequence[int], outputs: int, *, activation: str | None = None,
+                       **unused: Any) -> dict:
+        """The config for examples of ``input_shape`` ``(H, W, C)`` and ``outputs`` classes, with
+        ``activation`` where the architecture takes one (options of other nets are ignored)."""
+        return image_net_config(cls, input_shape, outputs, activation=activation)

@@ -29,7 +29,7 @@ from typing import Sequence
 import jax
 from flax import nnx
 
-from sparse_bnn.nets.base import ParamAxis, UnitLayer, check_widths, with_group_sizes
+from sparse_bnn.nets.base import ImageNet, ParamAxis, UnitLayer, check_widths, with_group_sizes
 from sparse_bnn.nets.conv import Conv
 from sparse_bnn.nets.mlp import get_activation
 
@@ -69,7 +69,7 @@ def _conv_out(size: int, padding: str) -> int:
     return size if padding == "SAME" else size - KERNEL_SIZE + 1
 
 
-class ConvNet(nnx.Module):
+class ConvNet(ImageNet, nnx.Module):
     """``convs (5x5, optional 2x2 max-pool each) -> flatten -> dense -> classifier``.
 
     Args:

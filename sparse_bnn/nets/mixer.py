@@ -18,7 +18,7 @@ from typing import Sequence
 import jax
 from flax import nnx
 
-from sparse_bnn.nets.base import ParamAxis, UnitLayer, check_widths, with_group_sizes
+from sparse_bnn.nets.base import ImageNet, ParamAxis, UnitLayer, check_widths, with_group_sizes
 from sparse_bnn.nets.vit import check_input, check_patches, patchify, per_block
 
 
@@ -40,7 +40,7 @@ class MixerBlock(nnx.Module):
         return x + self.channel_out(nnx.gelu(self.channel_in(self.norm2(x))))
 
 
-class MLPMixer(nnx.Module):
+class MLPMixer(ImageNet, nnx.Module):
     """MLP-Mixer.
 
     Args:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import jax
+import numpy as np
 from flax import nnx
 
 from sparse_bnn.nets.base import ParamAxis, UnitLayer, check_widths, with_group_sizes
@@ -65,6 +66,13 @@ class MLP(nnx.Module):
                 consumers=consumers, prunable=i + 1 < n,
                 inactive_output=float(self.act(0.0))))
         return with_group_sizes(self, out)
+
+    @classmethod
+    def default_config(cls, input_shape: Sequence[int], outputs: int, *, widths: Sequence[int] = (400, 400),
+                       activation: str = "silu", **unused) -> dict:
+        """The config for examples of ``input_shape`` (flattened) and ``outputs`` outputs."""
+        return {"net": "mlp", "in_features": int(np.prod(input_shape)), "widths": [int(w) for w in widths],
+                "out_features": int(outputs), "activation": activation}
 
     @property
     def config(self) -> dict:

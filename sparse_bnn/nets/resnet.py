@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sparse_bnn.nets.base import ParamAxis, UnitLayer, check_widths, with_group_sizes
+from sparse_bnn.nets.base import ImageNet, image_net_config, ParamAxis, UnitLayer, check_widths, with_group_sizes
 from sparse_bnn.nets.conv import Conv
 from sparse_bnn.nets.lenet import zero_preserving_activation
 
@@ -93,7 +93,7 @@ class BasicBlock(nnx.Module):
         return self.act(h + shortcut)
 
 
-class ResNet(nnx.Module):
+class ResNet(ImageNet, nnx.Module):
     """CIFAR ResNet of depth ``6 n + 2`` (20, 32, 44, 56, 110).
 
     Args:
@@ -202,6 +202,13 @@ class ResNet(nnx.Module):
                          members=_channel_members(("blocks", i), "conv1", "bn1"),
                          consumers=(ParamAxis(("blocks", i, "conv2", "kernel"), 2),),
                          inactive_output=0.0)
+
+    @classmethod
+    def default_config(cls, input_shape: Sequence[int], outputs: int, *, name: str = "resnet20",
+                       activation: str | None = None, **unused) -> dict:
+        """As :meth:`ImageNet.default_config`, with the depth a registry name says (``resnet32``: 32)."""
+        return image_net_config(cls, input_shape, outputs, depth=int(name.removeprefix("resnet")),
+                                activation=activation)
 
     @property
     def config(self) -> dict:

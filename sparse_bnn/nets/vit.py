@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sparse_bnn.nets.base import ParamAxis, UnitLayer, check_widths, with_group_sizes
+from sparse_bnn.nets.base import ImageNet, ParamAxis, UnitLayer, check_widths, with_group_sizes
 
 
 def patchify(x: jax.Array, patch_size: int) -> jax.Array:
@@ -119,7 +119,7 @@ class EncoderBlock(nnx.Module):
         return x + self.mlp_out(nnx.gelu(self.mlp_in(self.norm2(x))))
 
 
-class VisionTransformer(nnx.Module):
+class VisionTransformer(ImageNet, nnx.Module):
     """ViT with a class token and learned positions.
 
     Args:

@@ -67,6 +67,17 @@ def resolve_warmup_epochs(warmup_epochs: int | None, epochs: int) -> int:
     return int(warmup_epochs)
 
 
+def check_options(mode: str, node_threshold: str = "zero",
+                  max_prune_fraction: float = DEFAULT_MAX_PRUNE_FRACTION) -> None:
+    """``ValueError`` naming the first bad option of a reduction."""
+    if mode not in MODES:
+        raise ValueError(f"unknown BMR mode {mode!r}; choose one of {MODES}")
+    if node_threshold not in NODE_THRESHOLDS:
+        raise ValueError(f"unknown node threshold {node_threshold!r}; choose one of {NODE_THRESHOLDS}")
+    if not 0.0 < float(max_prune_fraction) <= 1.0:
+        raise ValueError(f"max_prune_fraction must lie in (0, 1], got {max_prune_fraction}")
+
+
 class ReductionStats(NamedTuple):
     """What one reduction step did (all jax scalars / ``{layer: scalar}``).
 
@@ -89,6 +100,7 @@ class NodeBMRRule:
     def __init__(self, warmup_epochs: int, reduced_var_ratio: float = DEFAULT_REDUCED_VAR_RATIO,
                  node_threshold: str = "zero", n_iter: int = 10,
                  max_prune_fraction: float = DEFAULT_MAX_PRUNE_FRACTION):
+        check_options("nodewise", node_threshold, max_prune_fraction)
         self.warmup_epochs = int(warmup_epochs)
         self.options = (reduced_var_ratio, node_threshold, n_iter, max_prune_fraction)
         self._model, self._reduce = None, None
@@ -126,8 +138,7 @@ class NodeBMRRule:
 def full_masks(bnn: SparseBNN, mode: str, masks: Masks | None = None) -> Masks:
     """Masks with a fixed structure for ``mode``: a unit mask for every prunable layer and, in
     element-wise mode, a weight mask for every prunable member; given masks are multiplied in."""
-    if mode not in MODES:
-        raise ValueError(f"unknown BMR mode {mode!r}; choose one of {MODES}")
+    check_options(mode)
     masks = masks or Masks()
     for name in masks.units:
         if name not in {l.name for l in bnn.layers}:
@@ -153,10 +164,7 @@ def make_reduction_step(bnn: SparseBNN, mode: str, reduced_var_ratio: float = DE
     same structure, so neither this function nor the training epoch recompiles as they change.
     """
     _check_bnn(bnn)
-    if mode not in MODES:
-        raise ValueError(f"unknown BMR mode {mode!r}; choose one of {MODES}")
-    if node_threshold not in NODE_THRESHOLDS:
-        raise ValueError(f"unknown node threshold {node_threshold!r}; choose one of {NODE_THRESHOLDS}")
+    check_options(mode, node_threshold, max_prune_fraction)
 
     def step(params, masks):
         if mode == "elementwise":
@@ -211,12 +219,7 @@ class Reduction(Hook):
     def __init__(self, mode: str = "elementwise", warmup_epochs: int | None = None, *,
                  reduced_var_ratio: float = DEFAULT_REDUCED_VAR_RATIO, node_threshold: str = "zero",
                  n_iter: int = 10, max_prune_fraction: float = DEFAULT_MAX_PRUNE_FRACTION):
-        if mode not in MODES:
-            raise ValueError(f"unknown BMR mode {mode!r}; choose one of {MODES}")
-        if node_threshold not in NODE_THRESHOLDS:
-            raise ValueError(f"unknown node threshold {node_threshold!r}; choose one of {NODE_THRESHOLDS}")
-        if not 0.0 < float(max_prune_fraction) <= 1.0:
-            raise ValueError(f"max_prune_fraction must lie in (0, 1], got {max_prune_fraction}")
+        check_options(mode, node_threshold, max_prune_fraction)
         self.mode, self.warmup_epochs = mode, warmup_epochs
         self.options = (reduced_var_ratio, node_threshold, n_iter, max_prune_fraction)
         self._model = None
@@ -245,9 +248,12 @@ class Reduction(Hook):
             masks = jax.block_until_ready(masks)
             fields["bmr_seconds"] = time.perf_counter() - started
             state = state._replace(masks=masks)
+            live = reduction.live_weights
             if self.mode == "elementwise":
                 fields["zeta"] = {k: float(v) for k, v in reduction.zeta.items()}
-        fields["pruned_fraction"] = 1.0 - float(count_live(state.masks)) / self._total
+        else:
+            live = count_live(state.masks)
+        fields["pruned_fraction"] = 1.0 - float(live) / self._total
         return fitting._replace(state=state), hook_state, fields
 
     def progress(self, record):
@@ -276,8 +282,7 @@ def fit_with_bmr(bnn: SparseBNN, x, y, *, mode: str = "elementwise", warmup_epoc
       ``bnn`` is the final, smaller model and ``unit_origin`` maps its units to the original ones.
     """
     _check_bnn(bnn)
-    if mode not in MODES:
-        raise ValueError(f"unknown BMR mode {mode!r}; choose one of {MODES}")
+    check_options(mode, node_threshold, max_prune_fraction)
     if shrink is None:
         reduction = Reduction(mode, warmup_epochs, reduced_var_ratio=reduced_var_ratio,
                               node_threshold=node_threshold, n_iter=n_iter, max_prune_fraction=max_prune_fraction)
@@ -285,10 +290,6 @@ def fit_with_bmr(bnn: SparseBNN, x, y, *, mode: str = "elementwise", warmup_epoc
     if mode != "nodewise":
         raise ValueError("shrinking removes whole units; element-wise BMR prunes single weights. "
                          "Use mode='nodewise' with shrink, or leave shrink out")
-    if not 0.0 < float(max_prune_fraction) <= 1.0:
-        raise ValueError(f"max_prune_fraction must lie in (0, 1], got {max_prune_fraction}")
-    if node_threshold not in NODE_THRESHOLDS:
-        raise ValueError(f"unknown node threshold {node_threshold!r}; choose one of {NODE_THRESHOLDS}")
     rule = NodeBMRRule(resolve_warmup_epochs(warmup_epochs, epochs), reduced_var_ratio, node_threshold, n_iter,
                        max_prune_fraction)
     return fit(bnn, x, y, epochs=epochs, hooks=[Shrink(shrink, rule), *hooks], **fit_kwargs)

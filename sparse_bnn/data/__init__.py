@@ -19,6 +19,12 @@ Sources (`DATASET_NAMES`, or a path to a user ``.npz``/``.csv`` file):
 Shapes: images are NHWC ``[N, H, W, C]`` float32; tabular data ``[N, D]`` float32; class labels
 ``[N]`` int32; regression targets ``[N, 1]`` float32.
 
+Bad files and arrays raise :class:`sparse_bnn.errors.InputError` naming the file; doubtful ones
+warn (:class:`sparse_bnn.errors.InputWarning`). Beside the four modules below,
+:mod:`~sparse_bnn.data.tabular` reads CSV, ``.npy`` and ``.npz`` files, :mod:`~sparse_bnn.data.checks`
+checks a data set before training (`check_dataset`) and new inputs against the training range,
+and :mod:`~sparse_bnn.data.checksums` checks the files found on disk against the published checksums.
+
 The code lives in four modules: :mod:`~sparse_bnn.data.formats` (IDX, CIFAR-10 batches, CSV),
 :mod:`~sparse_bnn.data.preprocess` (the `Dataset` record, splits, standardisation,
 `prepare_inputs`, `flip_augment`), :mod:`~sparse_bnn.data.locate` (where the files are looked
@@ -33,10 +39,11 @@ from __future__ import annotations
 from sparse_bnn.data.formats import (CIFAR10_RECORD_BYTES, DataNotFoundError, IDX_FILES, IDX_IMAGES_MAGIC,
                                      IDX_LABELS_MAGIC, load_cifar10_folder, load_idx_folder, read_cifar10_binary_batch,
                                      read_cifar10_python_batch, read_csv, read_idx)
+from sparse_bnn.data.checks import check_dataset, check_input_range, check_preprocessing
 from sparse_bnn.data.preprocess import Dataset, flip_augment, prepare_inputs, split_indices
 from sparse_bnn.data.locate import (CIFAR10_URL, DOWNLOAD_URLS, IDX_MD5, SYSTEM_DATA_DIRS, download_file,
                                     find_cifar10_folder, find_idx_folder)
 from sparse_bnn.data.sources import DATASET_NAMES, load_dataset, make_teacher_regression, teacher_forward
 
-__all__ = ["DATASET_NAMES", "DataNotFoundError", "Dataset", "flip_augment", "load_dataset", "make_teacher_regression",
+__all__ = ["DATASET_NAMES", "DataNotFoundError", "Dataset", "check_dataset", "flip_augment", "load_dataset", "make_teacher_regression",
            "prepare_inputs", "read_idx", "read_cifar10_binary_batch", "read_cifar10_python_batch", "read_csv"]

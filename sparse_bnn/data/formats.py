@@ -1,24 +1,27 @@
 """The file formats of the data sets, read into numpy: IDX (MNIST, Fashion-MNIST), the CIFAR-10
-binary and python batches (the latter through a restricted unpickler), numeric CSV.
+binary and python batches (the latter through a restricted unpickler); numeric CSV and the
+checks of numeric arrays are :mod:`sparse_bnn.data.tabular` (re-exported here).
 
 Where the files are looked for and downloaded is :mod:`sparse_bnn.data.locate`; the named data
 sets are :mod:`sparse_bnn.data.sources`.
 """
 from __future__ import annotations
 
-import csv
 import gzip
 import os
 import pickle
-import re
 import struct
+import zlib
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from sparse_bnn.errors import InputError, MissingInputError
+from sparse_bnn.data.tabular import _check_finite, read_csv  # noqa: F401  (re-exports)
 
-class DataNotFoundError(FileNotFoundError):
+
+class DataNotFoundError(MissingInputError):
     """A data set's files were found nowhere; the message lists where we looked and what to do."""
 
 
@@ -44,10 +47,13 @@ def _read_bytes(path: Path) -> bytes:
         try:
             with gzip.open(path, "rb") as f:
                 return f.read()
-        except (OSError, EOFError) as error:  # BadGzipFile is an OSError
-            raise ValueError(f"{path}: not a valid gzip file ({error}); "
-                             "delete it and fetch it again") from error
-    return path.read_bytes()
+        except (OSError, EOFError, zlib.error) as error:  # BadGzipFile is an OSError
+            raise InputError(f"{path}: not a valid gzip file ({error}); "
+                             "delete it and fetch it again") from None
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise InputError(f"{path}: cannot read the file ({error})") from None
 
 
 def read_idx(path: str | os.PathLike, expected_magic: int | None = None) -> np.ndarray:
@@ -62,41 +68,41 @@ def read_idx(path: str | os.PathLike, expected_magic: int | None = None) -> np.n
       uint8 array of the shape the header declares.
 
     Raises:
-      ValueError: naming the file, on a bad magic number, an unsupported element type, a
+      InputError: naming the file, on a bad magic number, an unsupported element type, a
         header or payload shorter than declared, trailing bytes, or zero-sized image dims.
     """
     path = Path(path)
     data = _read_bytes(path)
     if len(data) < 4:
-        raise ValueError(f"{path}: truncated IDX header ({len(data)} bytes, need at least 4)")
+        raise InputError(f"{path}: truncated IDX header ({len(data)} bytes, need at least 4)")
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
     magic = struct.unpack(">I", data[:4])[0]
     if zero != 0:
-        raise ValueError(f"{path}: bad IDX magic number {magic:#010x}; "
+        raise InputError(f"{path}: bad IDX magic number {magic:#010x}; "
                          "expected 0x00000803 (images) or 0x00000801 (labels)")
     if dtype_code != 0x08:
-        raise ValueError(f"{path}: IDX element type {dtype_code:#04x} unsupported; "
+        raise InputError(f"{path}: IDX element type {dtype_code:#04x} unsupported; "
                          "expected 0x08 (unsigned byte)")
     if expected_magic is not None and magic != expected_magic:
         kinds = {IDX_IMAGES_MAGIC: "images", IDX_LABELS_MAGIC: "labels"}
-        raise ValueError(
+        raise InputError(
             f"{path}: IDX magic number {magic} ({ndim} dimensions), expected {expected_magic} "
             f"({kinds.get(expected_magic, '?')}); are the image and label files swapped?")
     header_end = 4 + 4 * ndim
     if len(data) < header_end:
-        raise ValueError(f"{path}: truncated IDX header: {ndim} dimensions declared but only "
+        raise InputError(f"{path}: truncated IDX header: {ndim} dimensions declared but only "
                          f"{len(data)} bytes in the file")
     dims = struct.unpack(f">{ndim}I", data[4:header_end])
     if magic == IDX_IMAGES_MAGIC and (dims[1] == 0 or dims[2] == 0):
-        raise ValueError(f"{path}: image dimensions {dims[1]}x{dims[2]} must be positive")
+        raise InputError(f"{path}: image dimensions {dims[1]}x{dims[2]} must be positive")
     expected_bytes = int(np.prod(dims, dtype=np.int64))
     payload_bytes = len(data) - header_end
     if payload_bytes < expected_bytes:
-        raise ValueError(f"{path}: truncated payload: header declares dims {list(dims)} "
+        raise InputError(f"{path}: truncated payload: header declares dims {list(dims)} "
                          f"({expected_bytes} bytes) but only {payload_bytes} bytes follow; "
                          "the file is incomplete, fetch it again")
     if payload_bytes > expected_bytes:
-        raise ValueError(f"{path}: {payload_bytes - expected_bytes} unexpected trailing bytes "
+        raise InputError(f"{path}: {payload_bytes - expected_bytes} unexpected trailing bytes "
                          f"after the payload of dims {list(dims)}")
     return np.frombuffer(data, dtype=np.uint8, offset=header_end).reshape(dims).copy()
 
@@ -121,7 +127,7 @@ def load_idx_folder(folder: str | os.PathLike, num_classes: int = 10
       ``x_train [N, H, W] uint8, y_train [N] uint8, x_test [M, H, W] uint8, y_test [M] uint8``.
     """
     folder = Path(folder)
-    arrays = []
+    arrays, image_files = [], []
     for split in ("train", "test"):
         image_path = _idx_file(folder, IDX_FILES[f"{split}_images"])
         label_path = _idx_file(folder, IDX_FILES[f"{split}_labels"])
@@ -132,12 +138,17 @@ def load_idx_folder(folder: str | os.PathLike, num_classes: int = 10
         images = read_idx(image_path, IDX_IMAGES_MAGIC)
         labels = read_idx(label_path, IDX_LABELS_MAGIC)
         if len(images) != len(labels):
-            raise ValueError(f"{image_path} holds {len(images)} images but {label_path} holds "
+            raise InputError(f"{image_path} holds {len(images)} images but {label_path} holds "
                              f"{len(labels)} labels; the two files must match")
         if len(labels) and labels.max() >= num_classes:
-            raise ValueError(f"{label_path}: label {int(labels.max())} out of range "
+            raise InputError(f"{label_path}: label {int(labels.max())} out of range "
                              f"0..{num_classes - 1}")
         arrays += [images, labels]
+        image_files.append(image_path)
+    if arrays[0].shape[1:] != arrays[2].shape[1:]:
+        raise InputError(f"{image_files[1]} holds images of {'x'.join(map(str, arrays[2].shape[1:]))} pixels, "
+                         f"{image_files[0]} of {'x'.join(map(str, arrays[0].shape[1:]))}; the training and "
+                         "test images must have one size")
     return tuple(arrays)  # type: ignore[return-value]
 
 
@@ -157,13 +168,13 @@ def read_cifar10_binary_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.n
     path = Path(path)
     data = np.fromfile(path, dtype=np.uint8)
     if data.size == 0 or data.size % CIFAR10_RECORD_BYTES:
-        raise ValueError(f"{path}: size {data.size} bytes is not a positive multiple of the "
+        raise InputError(f"{path}: size {data.size} bytes is not a positive multiple of the "
                          f"CIFAR-10 record size {CIFAR10_RECORD_BYTES}; the file is truncated "
                          "or not a CIFAR-10 binary batch")
     records = data.reshape(-1, CIFAR10_RECORD_BYTES)
     labels = records[:, 0].copy()
     if labels.max() > 9:
-        raise ValueError(f"{path}: label {int(labels.max())} out of range 0..9")
+        raise InputError(f"{path}: label {int(labels.max())} out of range 0..9")
     images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()
     return images, labels
 
@@ -206,23 +217,25 @@ def read_cifar10_python_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.n
         try:
             batch = _RestrictedUnpickler(f, encoding="bytes").load()
         except pickle.UnpicklingError as error:
-            raise ValueError(f"{path}: {error}") from error
+            raise InputError(f"{path}: {error}") from error
         except Exception as error:
-            raise ValueError(f"{path}: not a readable CIFAR-10 python batch ({error})") from error
+            raise InputError(f"{path}: not a readable CIFAR-10 python batch ({error})") from error
     if not isinstance(batch, dict):
-        raise ValueError(f"{path}: expected a dict, found {type(batch).__name__}")
+        raise InputError(f"{path}: expected a dict, found {type(batch).__name__}")
     batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
     if "data" not in batch or "labels" not in batch:
-        raise ValueError(f"{path}: keys {sorted(batch)} lack 'data' and 'labels'")
+        raise InputError(f"{path}: keys {sorted(batch)} lack 'data' and 'labels'")
     data = np.asarray(batch["data"])
     labels = np.asarray(batch["labels"])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise ValueError(f"{path}: data has dtype {data.dtype} and shape {data.shape}, "
+        raise InputError(f"{path}: data has dtype {data.dtype} and shape {data.shape}, "
                          "expected uint8 [N, 3072]")
     if labels.shape != (len(data),):
-        raise ValueError(f"{path}: {len(data)} images but labels of shape {labels.shape}")
+        raise InputError(f"{path}: {len(data)} images but labels of shape {labels.shape}")
+    if labels.dtype.kind not in "iub":
+        raise InputError(f"{path}: labels of dtype {labels.dtype}, expected integers 0..9")
     if len(labels) and (labels.min() < 0 or labels.max() > 9):
-        raise ValueError(f"{path}: labels outside 0..9")
+        raise InputError(f"{path}: labels outside 0..9")
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()
     return images, labels.astype(np.uint8)
 
@@ -260,68 +273,3 @@ def load_cifar10_folder(folder: str | os.PathLike
     x_test, y_test = reader(batch_folder / f"test_batch{suffix}")
     return (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]),
             x_test, y_test)
-
-
-# ----------------------------------------------------------------------------------------------
-# Numeric checks and CSV files
-# ----------------------------------------------------------------------------------------------
-
-
-def _check_finite(array: np.ndarray, what: str, source: str) -> None:
-    if not np.issubdtype(array.dtype, np.number) and array.dtype != np.bool_:
-        raise ValueError(f"{source}: {what} has non-numeric dtype {array.dtype}")
-    if np.issubdtype(array.dtype, np.floating):
-        bad = ~np.isfinite(array)
-        if bad.any():
-            first = np.argwhere(bad)[0]
-            raise ValueError(f"{source}: {what} holds {int(bad.sum())} NaN/inf values "
-                             f"(first at index {tuple(int(i) for i in first)}); "
-                             "remove or impute them first")
-
-
-_INTEGER = re.compile(r"^[+-]?\d+$")
-
-
-def read_csv(path: Path, with_target: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-    """Numeric CSV, optional header row, last column the target (``None`` without one).
-
-    Integer-looking targets (no decimal point) give int64 labels, anything else float64.
-    """
-    with open(path, newline="") as f:
-        rows = [(line_no, row) for line_no, row in enumerate(csv.reader(f), start=1)
-                if row and any(field.strip() for field in row)]
-    if not rows:
-        raise ValueError(f"{path}: the CSV file is empty")
-
-    def is_number(field: str) -> bool:
-        try:
-            float(field)
-            return True
-        except ValueError:
-            return False
-
-    if not all(is_number(field) for field in rows[0][1]):
-        rows = rows[1:]  # header
-    if not rows:
-        raise ValueError(f"{path}: the CSV file has a header but no data rows")
-    width = len(rows[0][1])
-    if width < 1 + with_target:
-        raise ValueError(f"{path}: need at least one feature column and a target column")
-    values = np.empty((len(rows), width), dtype=np.float64)
-    target_is_integer = True
-    for i, (line_no, row) in enumerate(rows):
-        if len(row) != width:
-            raise ValueError(f"{path}, line {line_no}: {len(row)} columns, expected {width}")
-        for j, field in enumerate(row):
-            field = field.strip()
-            try:
-                values[i, j] = float(field)
-            except ValueError:
-                raise ValueError(f"{path}, line {line_no}, column {j + 1}: {field!r} is not "
-                                 "a number (missing values must be removed or imputed)") from None
-        target_is_integer &= bool(_INTEGER.match(row[-1].strip()))
-    _check_finite(values, "the data", str(path))
-    if not with_target:
-        return values, None
-    x, y = values[:, :-1], values[:, -1]
-    return x, (y.astype(np.int64) if target_is_integer else y)

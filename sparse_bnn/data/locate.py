@@ -1,24 +1,32 @@
 """Where the files of a file-based data set are: the folders searched (``data_dir``,
 ``$SPARSE_BNN_DATA`` and its ``<name>`` subfolder, the Debian system folder
-``/usr/share/datasets/<name>``, the cache ``$XDG_CACHE_HOME/sparse_bnn/<name>``), and the
-md5-checked downloads of MNIST and Fashion-MNIST into that cache.
+``/usr/share/datasets/<name>``, the cache ``$XDG_CACHE_HOME/sparse_bnn/<name>``), the
+md5-checked downloads of MNIST and Fashion-MNIST into that cache (over https only), and the
+check of the files found on disk against the published checksums
+(:mod:`sparse_bnn.data.checksums`).
 
 Tests monkeypatch :data:`SYSTEM_DATA_DIRS` and :func:`download_file` here.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from sparse_bnn.atomic import umask_mode
+from sparse_bnn.data.checksums import file_md5 as _md5, verify_idx_files
 from sparse_bnn.data.formats import IDX_FILES, DataNotFoundError, _cifar10_folder_kind, _folder_has_idx_set
+from sparse_bnn.errors import InputError
 
+# The official files, over https (the Fashion-MNIST repository's own copies).
 DOWNLOAD_URLS = {
-    "fashion-mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    "fashion-mnist": "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
     "mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/",
 }
+# Schemes download_file accepts: https, and file for local copies (nothing travels a network).
+ALLOWED_SCHEMES = ("https", "file")
 
 # md5 of the official ``.gz`` files.
 IDX_MD5 = {
@@ -78,16 +86,16 @@ def _format_places(places: list[tuple[str, Path | None]]) -> str:
                      for i, (label, folder) in enumerate(places, start=1))
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def download_file(url: str, destination: Path, md5: str, timeout: float = 60.0) -> None:
-    """Download ``url`` to ``destination`` atomically (temp file + ``os.replace``), md5-checked."""
+    """Download ``url`` to ``destination`` atomically (temp file + ``os.replace``), md5-checked.
+
+    Only ``https`` (and ``file``) URLs are fetched: a plain ``http`` download could be altered on
+    the way, so it is refused with an :class:`~sparse_bnn.errors.InputError`.
+    """
+    scheme = urllib.parse.urlsplit(url).scheme
+    if scheme not in ALLOWED_SCHEMES:
+        raise InputError(f"{url}: refusing to download over {scheme or 'no scheme'}; only "
+                         f"{' or '.join(ALLOWED_SCHEMES)} URLs are fetched")
     destination.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(dir=destination.parent, prefix=destination.name + ".")
     try:
@@ -96,7 +104,8 @@ def download_file(url: str, destination: Path, md5: str, timeout: float = 60.0) 
                 out.write(chunk)
         actual = _md5(Path(temp_name))
         if actual != md5:
-            raise ValueError(f"{url}: md5 {actual} does not match the published {md5}")
+            raise InputError(f"{url}: md5 {actual} does not match the published {md5}")
+        os.chmod(temp_name, umask_mode(0o666))
         os.replace(temp_name, destination)
     finally:
         if os.path.exists(temp_name):
@@ -121,6 +130,8 @@ def find_idx_folder(name: str, data_dir: str | os.PathLike | None = None,
     places = _search_places(name, data_dir)
     for _, folder in places:
         if folder is not None and _folder_has_idx_set(folder):
+            verify_idx_files(folder, IDX_MD5.get(name, {}), _cache_root(), name,
+                             next_to_files=folder != SYSTEM_DATA_DIRS.get(name))
             return folder
     cache_folder = _cache_root() / name
     if download:

@@ -12,7 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sparse_bnn.data.checks import check_dataset, check_input_range, check_preprocessing  # noqa: F401
 from sparse_bnn.data.formats import _check_finite
+from sparse_bnn.errors import InputError
 
 # ----------------------------------------------------------------------------------------------
 # The Dataset record
@@ -37,6 +39,9 @@ class Dataset:
       mean, std: the input standardisation (``x = (raw / raw_divisor - mean) / std``) from the
         training split: scalars for images, ``[D]`` for tabular data; ``None`` if not standardised.
       y_mean, y_std: the target standardisation (regression), ``[1]`` each, or ``None``.
+      input_min, input_max: the range of the training inputs in the source's units (before
+        ``raw_divisor``): scalars for images, per feature (``input_shape``) otherwise; what
+        :func:`prepare_inputs` compares new inputs with.
       source: where the arrays came from (folder, file or generator).
       info: extra facts (e.g. the teacher's weights and true number of active units).
     """
@@ -57,6 +62,8 @@ class Dataset:
     std: np.ndarray | None = None
     y_mean: np.ndarray | None = None
     y_std: np.ndarray | None = None
+    input_min: np.ndarray | None = None
+    input_max: np.ndarray | None = None
     source: str = ""
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -83,7 +90,8 @@ class Dataset:
             return None if array is None else np.asarray(array).tolist()
         return {"task": self.task, "input_shape": list(self.input_shape), "num_classes": self.num_classes,
                 "raw_divisor": float(self.raw_divisor), "mean": listed(self.mean), "std": listed(self.std),
-                "y_mean": listed(self.y_mean), "y_std": listed(self.y_std)}
+                "y_mean": listed(self.y_mean), "y_std": listed(self.y_std),
+                "input_min": listed(self.input_min), "input_max": listed(self.input_max)}
 
     def summary(self) -> dict[str, Any]:
         """JSON-able description: sizes, shapes, classes, standardisation."""
@@ -139,7 +147,7 @@ def _subsample(x: np.ndarray, y: np.ndarray, n: int | None, rng: np.random.Gener
     if n is None:
         return x, y
     if not 1 <= n <= len(x):
-        raise ValueError(f"{what}={n} but only {len(x)} examples are available; "
+        raise InputError(f"{what}={n} but only {len(x)} examples are available; "
                          f"pass 1 <= {what} <= {len(x)}")
     chosen = rng.permutation(len(x))[:n]
     return x[chosen], y[chosen]
@@ -183,11 +191,18 @@ def prepare_inputs(x: np.ndarray, preprocessing: Mapping[str, Any], source: str 
     Returns:
       float32 ``[N, *input_shape]``.
 
+    Warns:
+      InputWarning: values far outside the range of the training inputs (other units?).
+
     Raises:
-      ValueError: non-numeric or non-finite values, or examples of another shape.
+      InputError: no examples, non-numeric, complex or non-finite values, examples of another
+        shape, or a malformed ``preprocessing``.
     """
+    check_preprocessing(preprocessing)
     x = np.asarray(x)
     _check_finite(x, "the inputs", source)
+    if x.ndim >= 1 and len(x) == 0:
+        raise InputError(f"{source}: holds no examples (shape {x.shape}); give at least one")
     shape = tuple(preprocessing["input_shape"])
     flat = int(np.prod(shape))
     if x.shape[1:] != shape:
@@ -195,11 +210,17 @@ def prepare_inputs(x: np.ndarray, preprocessing: Mapping[str, Any], source: str 
         if x.ndim >= 2 and single_channel and (x.shape[1:] == shape[:-1] or x.shape[1:] == (flat,)):
             x = x.reshape(len(x), *shape)
         else:
-            raise ValueError(f"{source}: examples of shape {x.shape[1:]}, but the model takes {shape}"
+            raise InputError(f"{source}: examples of shape {x.shape[1:]}, but the model takes {shape}"
                              + (f" (or {flat} values per example)" if single_channel and len(shape) > 1 else ""))
-    x = _scale_raw(x, preprocessing["raw_divisor"])
-    if preprocessing["mean"] is not None:
-        x = _standardize(x, np.asarray(preprocessing["mean"], np.float32), np.asarray(preprocessing["std"], np.float32))
+    check_input_range(x, preprocessing, source)
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = _scale_raw(x, preprocessing["raw_divisor"])
+        if preprocessing["mean"] is not None:
+            x = _standardize(x, np.asarray(preprocessing["mean"], np.float32),
+                             np.asarray(preprocessing["std"], np.float32))
+    if not np.all(np.isfinite(x)):
+        raise InputError(f"{source}: values too large for float32 once scaled and standardised as the training "
+                         "data were; give the inputs in the units of the training data")
     return x
 
 
@@ -207,12 +228,16 @@ def _check_labels(y: np.ndarray, what: str, source: str) -> np.ndarray:
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:
-        raise ValueError(f"{source}: {what} labels must have shape [N], got {y.shape}")
+        raise InputError(f"{source}: {what} labels must have shape [N], got {y.shape}")
     if not np.issubdtype(y.dtype, np.integer) and y.dtype != np.bool_:
-        raise ValueError(f"{source}: {what} labels must be integers, got dtype {y.dtype}")
+        raise InputError(f"{source}: {what} labels must be integers, got dtype {y.dtype}")
     if len(y) and y.min() < 0:
-        raise ValueError(f"{source}: {what} labels must be integers >= 0, found {int(y.min())}; "
+        raise InputError(f"{source}: {what} labels must be integers >= 0, found {int(y.min())}; "
                          "relabel the classes 0..K-1 (or store float targets for regression)")
+    if len(y) and int(y.max()) >= 2 * len(np.unique(y)) + 100:
+        raise InputError(f"{source}: {what} labels go up to {int(y.max())}, which would make {int(y.max()) + 1} "
+                         f"classes, but only {len(np.unique(y))} distinct labels appear; relabel the classes "
+                         "0..K-1 (or store float targets for regression)")
     return y.astype(np.int32)
 
 
@@ -225,7 +250,7 @@ def _assemble(name: str, task: str, x_train: np.ndarray, y_train: np.ndarray,
     """Subsample, carve the validation split, scale (``/ raw_divisor``) and standardise with
     training statistics."""
     if not 0.0 <= validation_fraction < 1.0:
-        raise ValueError(f"validation_fraction={validation_fraction} must lie in [0, 1)")
+        raise InputError(f"validation_fraction={validation_fraction} must lie in [0, 1)")
     rng = np.random.default_rng(seed)
     x_train, y_train = _subsample(x_train, y_train, n_train, rng, "n_train")
     x_test, y_test = _subsample(x_test, y_test, n_test, rng, "n_test")
@@ -233,11 +258,15 @@ def _assemble(name: str, task: str, x_train: np.ndarray, y_train: np.ndarray,
     keep, held = split_indices(len(x_train), validation_fraction, rng,
                                labels=y_train if classification else None)
     if len(keep) == 0:
-        raise ValueError(f"validation_fraction={validation_fraction} leaves no training data")
+        raise InputError(f"validation_fraction={validation_fraction} leaves no training data")
     x_val, y_val = x_train[held], y_train[held]
     if len(held):
         x_train, y_train = x_train[keep], y_train[keep]
 
+    input_min = input_max = None
+    if len(x_train):  # the range of the raw training inputs: one scalar for images, else per feature
+        input_min, input_max = (np.asarray(reduce(x_train, axis=None if is_image else 0), np.float64)
+                                for reduce in (np.min, np.max))
     x_train, x_val, x_test = (_scale_raw(x, raw_divisor) for x in (x_train, x_val, x_test))
     mean = std = None
     if standardize:
@@ -255,8 +284,8 @@ def _assemble(name: str, task: str, x_train: np.ndarray, y_train: np.ndarray,
     return Dataset(name=name, task=task, x_train=x_train, y_train=y_train, x_val=x_val,
                    y_val=y_val, x_test=x_test, y_test=y_test, num_classes=num_classes,
                    input_shape=tuple(int(d) for d in x_train.shape[1:]), flip_augment=flip,
-                   raw_divisor=float(raw_divisor), mean=mean, std=std, y_mean=y_mean, y_std=y_std, source=source,
-                   info=info or {})
+                   raw_divisor=float(raw_divisor), mean=mean, std=std, y_mean=y_mean, y_std=y_std,
+                   input_min=input_min, input_max=input_max, source=source, info=info or {})
 
 
 # ----------------------------------------------------------------------------------------------

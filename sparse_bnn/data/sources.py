@@ -12,6 +12,8 @@ import numpy as np
 from sparse_bnn.data.formats import DataNotFoundError, _check_finite, load_cifar10_folder, load_idx_folder, read_csv
 from sparse_bnn.data.locate import find_cifar10_folder, find_idx_folder
 from sparse_bnn.data.preprocess import Dataset, _assemble, _check_labels, split_indices
+from sparse_bnn.data.tabular import load_npz
+from sparse_bnn.errors import InputError
 
 DATASET_NAMES: tuple[str, ...] = (
     "fashion-mnist",
@@ -64,9 +66,9 @@ def make_teacher_regression(n: int, in_features: int = 10, hidden: int = 3, nois
       ``{"w1": [in_features, hidden], "b1": [hidden], "w2": [hidden, 1], "b2": [1]}``.
     """
     if activation not in _ACTIVATIONS:
-        raise ValueError(f"activation {activation!r} unknown; choose from {sorted(_ACTIVATIONS)}")
+        raise InputError(f"activation {activation!r} unknown; choose from {sorted(_ACTIVATIONS)}")
     if n < 1 or in_features < 1 or hidden < 1 or noise < 0:
-        raise ValueError(f"need n, in_features, hidden >= 1 and noise >= 0; got n={n}, "
+        raise InputError(f"need n, in_features, hidden >= 1 and noise >= 0; got n={n}, "
                          f"in_features={in_features}, hidden={hidden}, noise={noise}")
     rng = np.random.default_rng(seed)
     directions = rng.standard_normal((in_features, hidden))
@@ -88,19 +90,19 @@ def _load_user_file(path: Path, **options: Any) -> Dataset:
     source = str(path)
     x_test = y_test = None
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as archive:
-            if "x" not in archive or "y" not in archive:
-                raise ValueError(f"{path}: needs arrays 'x' and 'y' (optionally 'x_test', "
-                                 f"'y_test'); found {sorted(archive.files)}")
-            x, y = archive["x"], archive["y"]
-            if ("x_test" in archive) != ("y_test" in archive):
-                raise ValueError(f"{path}: give both 'x_test' and 'y_test' or neither")
-            if "x_test" in archive:
-                x_test, y_test = archive["x_test"], archive["y_test"]
+        archive = load_npz(path)
+        if "x" not in archive or "y" not in archive:
+            raise InputError(f"{path}: needs arrays 'x' and 'y' (optionally 'x_test', "
+                             f"'y_test'); found {sorted(archive)}")
+        x, y = archive["x"], archive["y"]
+        if ("x_test" in archive) != ("y_test" in archive):
+            raise InputError(f"{path}: give both 'x_test' and 'y_test' or neither")
+        if "x_test" in archive:
+            x_test, y_test = archive["x_test"], archive["y_test"]
     elif path.suffix == ".csv":
         x, y = read_csv(path)
     else:
-        raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use .npz or .csv")
+        raise InputError(f"{path}: unsupported file type {path.suffix!r}; use .npz or .csv")
 
     pairs = [("x", "y", x, y)] + ([("x_test", "y_test", x_test, y_test)]
                                   if x_test is not None else [])
@@ -108,17 +110,23 @@ def _load_user_file(path: Path, **options: Any) -> Dataset:
         _check_finite(xs, x_name, source)
         _check_finite(ys, y_name, source)
         if xs.ndim < 2:
-            raise ValueError(f"{path}: {x_name} must have shape [N, ...features], got {xs.shape}")
+            raise InputError(f"{path}: {x_name} must have shape [N, ...features], got {xs.shape}")
+        if ys.ndim < 1:
+            raise InputError(f"{path}: {y_name} must have shape [N] (or [N, 1]), got {ys.shape}")
+        if 0 in xs.shape[1:]:
+            raise InputError(f"{path}: {x_name} has examples of shape {xs.shape[1:]}, which hold no values")
         if len(xs) != len(ys):
-            raise ValueError(f"{path}: {x_name} has {len(xs)} rows but {y_name} has {len(ys)}")
+            raise InputError(f"{path}: {x_name} has {len(xs)} rows but {y_name} has {len(ys)}")
+    if len(x) == 0:
+        raise InputError(f"{path}: x holds no examples; give at least a few")
     if x_test is not None and x_test.shape[1:] != x.shape[1:]:
-        raise ValueError(f"{path}: x_test examples have shape {x_test.shape[1:]}, "
+        raise InputError(f"{path}: x_test examples have shape {x_test.shape[1:]}, "
                          f"x has {x.shape[1:]}")
 
     classification = np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_
     if x_test is not None and classification != (np.issubdtype(y_test.dtype, np.integer)
                                                   or y_test.dtype == np.bool_):
-        raise ValueError(f"{path}: y is {y.dtype} but y_test is {y_test.dtype}; "
+        raise InputError(f"{path}: y is {y.dtype} but y_test is {y_test.dtype}; "
                          "both must be integer (classification) or float (regression)")
     if classification:
         y = _check_labels(y, "y", source)
@@ -127,9 +135,10 @@ def _load_user_file(path: Path, **options: Any) -> Dataset:
         num_classes = int(max(y.max(), y_test.max() if y_test is not None and len(y_test)
                               else 0)) + 1
     else:
-        if not (y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1)):
-            raise ValueError(f"{path}: regression targets must have shape [N] or [N, 1], "
-                             f"got {y.shape}")
+        for name, targets in (("y", y), ("y_test", y_test)):
+            if targets is not None and not (targets.ndim == 1 or (targets.ndim == 2 and targets.shape[1] == 1)):
+                raise InputError(f"{path}: regression targets {name} must have shape [N] or [N, 1], "
+                                 f"got {targets.shape}")
         num_classes = None
 
     is_image = x.ndim == 4
@@ -224,7 +233,7 @@ def load_dataset(name_or_path: str | os.PathLike, *, data_dir: str | os.PathLike
         return _load_user_file(path, n_train=n_train, n_test=n_test, **options)
     name = _ALIASES.get(text.lower(), text.lower())
     if name not in DATASET_NAMES:
-        raise ValueError(f"unknown data set {text!r}; choose one of {', '.join(DATASET_NAMES)} "
+        raise InputError(f"unknown data set {text!r}; choose one of {', '.join(DATASET_NAMES)} "
                          "or give a path to a .npz or .csv file")
     subsample = dict(n_train=n_train, n_test=n_test)
 

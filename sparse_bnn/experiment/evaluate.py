@@ -20,10 +20,12 @@ from sparse_bnn.compact import io as compact_io, prune, report as report_lib
 from sparse_bnn.compact.io import compact_outputs
 from sparse_bnn.core import posterior
 from sparse_bnn.core.model import Masks, SparseBNN
+from sparse_bnn.data.checks import check_dataset
 from sparse_bnn.data.preprocess import Dataset
+from sparse_bnn.errors import InputError, read_json
 from sparse_bnn.experiment import run_files
 from sparse_bnn.experiment.config import RunConfig, flat_options
-from sparse_bnn.experiment.run_files import COMPACT_DIR, REPORT_FILE, read_finished_run
+from sparse_bnn.experiment.run_files import COMPACT_DIR, METRICS_FILE, REPORT_FILE, read_finished_run
 from sparse_bnn.nets import FunctionalNet
 
 
@@ -93,8 +95,14 @@ def evaluate_fitted(bnn: SparseBNN, params: Mapping[str, jax.Array], masks: Mask
     compact_net, _ = prune.compact(bnn.net, weights, keep)
     _, compact_samples = prune.compact_samples(bnn.net, samples, keep)
     compact_probs = compact_predictions(compact_net, dataset.x_test, task)
+    compact_bma = bma_predictions(FunctionalNet(compact_net).apply, compact_samples, dataset.x_test, task)
+    # full_bma averages samples of the full fitted network; compact_bma those of the compact
+    # network, as saved in compact/ (what predict_run and sparse-bnn evaluate average over)
+    full = {**score(bma, dataset, noise=noise, samples=True), "samples": int(evaluation.samples)}
     result = {"task": task, "data": dataset.name, "num_test": int(len(dataset.x_test)),
-              "bma": {**score(bma, dataset, noise=noise, samples=True), "samples": int(evaluation.samples)},
+              "full_bma": full, "bma": full,  # "bma": full_bma's former name, for readers of older runs
+              "compact_bma": {**score(compact_bma, dataset, noise=noise, samples=True),
+                              "samples": int(evaluation.samples)},
               "compact": score(compact_probs, dataset, noise=noise),
               "threshold": float(evaluation.threshold)}
     if noise is not None:
@@ -143,7 +151,7 @@ def evaluate_run(run_dir: str | os.PathLike, *, data_dir: str | None = None) -> 
     config, _ = read_run(run_dir)
     if data_dir is not None:
         config = config.replace(data_dir=data_dir)
-    dataset = load_run_dataset(config)
+    dataset = check_dataset(load_run_dataset(config))
     architecture = compact_io.read_architecture(run_dir / COMPACT_DIR)
     noise = architecture.get("metadata", {}).get("noise_std")
     net = compact_io.load_compact(run_dir / COMPACT_DIR)
@@ -159,13 +167,29 @@ def report_table(run_dir: str | os.PathLike) -> str:
     """The compression table of a finished run, with its test metrics."""
     run_dir = Path(run_dir)
     config, metrics = read_run(run_dir)
-    compression = report_lib.CompressionReport.from_json((run_dir / REPORT_FILE).read_text())
+    report_file = run_dir / REPORT_FILE
+    try:
+        compression = report_lib.CompressionReport.from_dict(read_json(report_file, "compression report"))
+    except (TypeError, KeyError, AttributeError, ValueError) as error:
+        if isinstance(error, InputError):
+            raise
+        raise InputError(f"{report_file}: not a compression report ({type(error).__name__}: {error}); the run "
+                         "directory is corrupt: fit the run again") from None
+    names = ("accuracy", "nll", "ece", "brier") if metrics.get("task") == "classification" else ("rmse", "nll")
+    full = "full_bma" if "full_bma" in metrics else "bma"  # runs written before full_bma had this name
+    if not all(isinstance(metrics.get(block), dict) and all(isinstance(metrics[block].get(n), (int, float))
+                                                            for n in names) for block in (full, "compact")):
+        raise InputError(f"{run_dir / METRICS_FILE}: lacks the test metrics {', '.join(names)} of {full} and compact; "
+                         "the run directory is corrupt: fit the run again (or sparse-bnn evaluate it)")
     lines = [f"run {run_dir}: {config.model.prior} on {config.data.data}, net {config.model.net}, "
-             f"{metrics.get('epochs')} epochs ({metrics.get('training_seconds', 0):.1f}s training)", ""]
+             f"{metrics.get('epochs')} epochs ({report_lib.run_times(metrics)})", ""]
     lines.append(compression.table())
     lines.append("")
-    names = ("accuracy", "nll", "ece", "brier") if metrics["task"] == "classification" else ("rmse", "nll")
-    lines.append(f"{'test':<22}" + "".join(f"{n:>12}" for n in names))
-    for label, key in ((f"BMA ({metrics['bma'].get('samples')} samples)", "bma"), ("compact (median)", "compact")):
-        lines.append(f"{label:<22}" + "".join(f"{metrics[key][n]:>12.4f}" for n in names))
+    lines.append(f"{'test':<28}" + "".join(f"{n:>12}" for n in names))
+    rows = [(f"BMA full net ({metrics[full].get('samples')} samples)", full),
+            (f"BMA compact ({metrics.get('compact_bma', {}).get('samples')} samples)", "compact_bma"),
+            ("compact (median)", "compact")]
+    for label, key in rows:
+        if isinstance(metrics.get(key), dict) and all(isinstance(metrics[key].get(n), (int, float)) for n in names):
+            lines.append(f"{label:<28}" + "".join(f"{metrics[key][n]:>12.4f}" for n in names))
     return "\n".join(lines)

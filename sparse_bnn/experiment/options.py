@@ -211,6 +211,15 @@ def finite(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be finite, got {value}")
 
 
+MAX_SEED = 2**32 - 1
+
+
+def seed_in_range(name: str, value: Any) -> None:
+    """A seed: an integer in ``0..2**32 - 1`` (what every generator that takes it accepts)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise ValueError(f"--{name.replace('_', '-')} must be an integer from 0 to {MAX_SEED}, got {value!r}")
+
+
 def strictly_between_0_and_1(name: str, value: Any) -> None:
     if not 0.0 < value < 1.0:
         raise ValueError(f"{name} must lie strictly between 0 and 1, got {value}")

@@ -13,17 +13,25 @@ The run directory ``RUN`` ends up holding
   every ``checkpoint_interval`` seconds of training and after the last epoch
   (:class:`sparse_bnn.train.loop.Checkpointer`);
 * ``history.json``: one record per epoch (loss, nll, kl, kept units, seconds, validation);
+* ``history.csv``: the same, one row per epoch, rewritten after every epoch while training
+  (:class:`sparse_bnn.train.metrics_log.MetricsLog`);
 * ``variational_params.msgpack``: the fitted variational parameters and fixed masks;
 * ``compact/``: the compact median-probability network with posterior samples
   (:func:`sparse_bnn.compact.io.load_compact`);
 * ``report.json``: the :class:`~sparse_bnn.compact.report.CompressionReport`;
 * ``plots/*.png``: loss curves, kept units, inclusion histograms, reliability diagram;
-* ``metrics.json``: written last and atomically; its presence marks the run as finished.
+* ``metrics.json``: written last and atomically; its presence marks the run as finished;
+* ``diverged.json``: only while the run's loss has diverged (:mod:`sparse_bnn.experiment.resume`);
+* ``.lock``: the lock of the process writing the run (:mod:`sparse_bnn.experiment.lock`).
+
+Every input is checked (options, the run directory, the data set) before anything is written;
+then the run takes the directory's lock, and a new run (``--overwrite`` too) is a transaction
+that a failure before its first epoch undoes, the replaced run included
+(:class:`~sparse_bnn.experiment.run_dir.RunStart`). Guide: ``docs/guide/runs.md``.
 """
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -37,22 +45,25 @@ import sparse_bnn
 from sparse_bnn import atomic
 from sparse_bnn.core import posterior
 from sparse_bnn.core.model import Masks, SparseBNN
-from sparse_bnn.data.preprocess import Dataset, flip_augment
+from sparse_bnn.data.preprocess import Dataset, check_dataset, flip_augment
 from sparse_bnn.experiment.config import BMR_MODES, RunConfig  # noqa: F401 (BMR_MODES: for old imports)
 from sparse_bnn.experiment.evaluate import evaluate_fitted, load_run_dataset, write_json
-from sparse_bnn.experiment.run_files import (CHECKPOINT_DIR, CONFIG_FILE, FINETUNE_CHECKPOINT_DIR, HISTORY_FILE,
-                                             METRICS_FILE, PARAMS_FILE, PLOTS_DIR)
+from sparse_bnn.experiment.lock import RunLock
+from sparse_bnn.experiment.resume import check_resumable, fit_command, resumed_record, write_divergence
+from sparse_bnn.experiment.run_dir import (RunDirectoryError, RunStart,  # noqa: F401 (RunDirectoryError: re-export)
+                                           check_run_directory, run_directory_state)
+from sparse_bnn.experiment.run_files import (CHECKPOINT_DIR, CONFIG_FILE, DIVERGED_FILE, FINETUNE_CHECKPOINT_DIR,
+                                             HISTORY_FILE, METRICS_FILE, PARAMS_FILE, PLOTS_DIR)
 from sparse_bnn.nets import NETS, net_from_config
 from sparse_bnn.priors import get_prior
 from sparse_bnn.sparsify.reduction import NodeBMRRule, Reduction, resolve_warmup_epochs
 from sparse_bnn.sparsify.shrink import Shrink
-from sparse_bnn.train import Hook, fit
+from sparse_bnn.train import DivergenceError, Hook, fit
+from sparse_bnn.train.hooks import format_kept
+from sparse_bnn.train.loop import prepare_fit, run_prepared
+from sparse_bnn.train.metrics_log import MetricsLog, run_writers
 
 REGRESSION_LIKELIHOOD_NOISE = None  # learned
-
-
-class RunDirectoryError(ValueError):
-    """The output directory holds a finished or unfinished run that we must not silently touch."""
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -103,46 +114,28 @@ def load_variational_params(path: Path) -> tuple[dict[str, np.ndarray], Masks]:
 
 
 def prepare_run_directory(out: Path, *, resume: bool, overwrite: bool) -> bool:
-    """Check what ``out`` holds; returns ``True`` when an unfinished run is to be resumed.
+    """Check what ``out`` holds; returns ``True`` when an unfinished run is to be resumed. Writes
+    nothing (``--overwrite`` replaces the old run only once the new one has started).
 
     Raises :class:`RunDirectoryError` for a finished run without ``overwrite``, an unfinished
-    one without ``resume``/``overwrite``, or a non-empty folder that is not a run directory.
+    one without ``resume``/``overwrite``, ``resume`` with no run to resume or with ``overwrite``,
+    or a non-empty folder that is not a run directory.
     """
-    if not out.exists():
-        return False
-    if not out.is_dir():
-        raise RunDirectoryError(f"--out {out} exists and is not a directory")
-    entries = [p for p in out.iterdir()]
-    if not entries:
-        return False
-    is_run = (out / CONFIG_FILE).exists() or (out / METRICS_FILE).exists() or (out / CHECKPOINT_DIR).exists()
-    if not is_run:
-        raise RunDirectoryError(f"--out {out} is a non-empty folder that is not a sparse-bnn run "
-                                "directory; choose a new or empty folder")
-    finished = (out / METRICS_FILE).exists()
-    if overwrite:
-        if finished:  # first un-finish it, so that an interruption cannot leave it looking finished
-            (out / METRICS_FILE).unlink()
-        shutil.rmtree(out)
-        return False
-    if finished:
-        raise RunDirectoryError(f"{out} already holds a finished run ({METRICS_FILE} exists); "
-                                "pass --overwrite to replace it or choose another --out")
-    if not resume:
-        raise RunDirectoryError(f"{out} holds a started but unfinished run; pass --resume to continue "
-                                "it or --overwrite to start again")
-    return True
+    return check_run_directory(Path(out), run_directory_state(Path(out)), resume=resume, overwrite=overwrite)
 
 
-def _check_resumable(out: Path, config: RunConfig) -> None:
-    saved_file = out / CONFIG_FILE
-    if not saved_file.exists():
-        return
-    different = config.identity_differences(json.loads(saved_file.read_text()).get("run", {}))
-    if different:
-        lines = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in different.items())
-        raise RunDirectoryError(f"cannot resume {out}: the run was started with other settings ({lines}); "
-                                "repeat the original options or pass --overwrite")
+_check_resumable = check_resumable  # its former name
+
+
+def fit_batch_size(config: RunConfig, dataset: Dataset, log: Callable[[str], None]) -> RunConfig:
+    """``config`` with ``--batch-size`` cut to the training set when it is larger (one step per
+    epoch), saying so in ``log``; the run records the batch size it trains with."""
+    n_train, batch_size = len(dataset.x_train), config.training.batch_size
+    if batch_size <= n_train:
+        return config
+    log(f"note: --batch-size {batch_size} is more than the {n_train} training examples of {dataset.name}; "
+        f"training with --batch-size {n_train} (one step per epoch), as config.json records")
+    return config.replace(batch_size=n_train)
 
 
 def training_hooks(config: RunConfig) -> list[Hook]:
@@ -170,9 +163,9 @@ def _check_devices(config: RunConfig) -> None:
 
 # ----------------------------------------------------------------------------- the experiment
 
-def _log_epoch(log: Callable[[str], None], offset: int = 0, label: str = "epoch"):
+def _log_epoch(log: Callable[[str], None], offset: int = 0, label: str = "epoch", units: int | None = None):
     def callback(epoch: int, record: dict, state) -> None:
-        kept = "/".join(str(v) for v in record["kept"].values())
+        kept = format_kept(record["kept"], units)  # 15+33/800: kept per layer over the units at start
         extra = "".join(f" {k}={record[k]:.4f}" for k in ("val_accuracy", "val_rmse") if k in record)
         log(f"{label} {epoch + offset}: loss={record['loss']:.4f} nll={record['nll']:.4f} "
             f"kl={record['kl']:.4f} kept={kept}{extra} ({record['seconds']:.2f}s)")
@@ -180,54 +173,95 @@ def _log_epoch(log: Callable[[str], None], offset: int = 0, label: str = "epoch"
 
 
 def run_experiment(config: RunConfig | Mapping[str, Any], *, resume: bool = False, overwrite: bool = False,
-                   progress: bool = True, log: Callable[[str], None] | None = None) -> dict:
+                   progress: bool = True, log: Callable[[str], None] | None = None,
+                   tensorboard: str | Path | None = None) -> dict:
     """Run one experiment into ``config.out`` and return its metrics (also in ``metrics.json``).
 
     Args:
       config: a :class:`RunConfig` (or a dict: :meth:`RunConfig.from_dict`).
-      resume: continue an unfinished run in ``config.out`` from its last checkpoint.
-      overwrite: replace whatever run ``config.out`` holds.
+      resume: continue the unfinished run in ``config.out`` from its last checkpoint (a diverged
+        run may change its learning rates and schedule: :mod:`sparse_bnn.experiment.resume`).
+      overwrite: replace whatever run ``config.out`` holds, once the new one has trained an epoch.
       progress: show fit's progress bar per epoch; otherwise ``log`` gets one line per epoch.
       log: where per-epoch lines and notes go (``None``: nowhere).
+      tensorboard: also write the per-epoch metrics as TensorBoard scalars into this folder
+        (:class:`~sparse_bnn.train.metrics_log.TensorBoardWriter`); ``RUN/history.csv`` is always written.
 
     Raises:
-      ValueError / DataNotFoundError: bad input (nothing is written then, or an unfinished run).
-      RunDirectoryError: ``config.out`` holds a run that must not be touched.
+      ValueError / DataNotFoundError: bad input; nothing is written then.
+      RunDirectoryError: ``config.out`` holds a run that must not be touched, or none to resume.
+      sparse_bnn.experiment.lock.RunLockedError: another process is writing ``config.out``.
       sparse_bnn.train.DivergenceError: the loss stopped being finite; the last good checkpoint stays
-        in ``RUN/checkpoint`` and no ``metrics.json`` is written.
+        in ``RUN/checkpoint``, no ``metrics.json`` is written, and the message shows the command
+        that resumes with smaller learning rates.
     """
     config = RunConfig.from_dict(config) if isinstance(config, Mapping) else config
     config.check()
     _check_devices(config)
+    note = (lambda message: None) if log is None else log
     out = Path(config.out)
-    resuming = prepare_run_directory(out, resume=resume, overwrite=overwrite)
-    if resuming:
-        _check_resumable(out, config)
+    if prepare_run_directory(out, resume=resume, overwrite=overwrite):
+        check_resumable(out, config, ignore=("batch_size",))  # again below, with the batch size fitted
     hooks = training_hooks(config)
-    dataset = load_run_dataset(config)
+    writers = run_writers(out, tensorboard)  # without tensorboardX this fails here, before anything is written
+    dataset = check_dataset(load_run_dataset(config))  # bad data fail here, before training
+    config = fit_batch_size(config, dataset, note)
     net_cfg = net_config(config, dataset)
     bnn = build_model(config, dataset, net_cfg)
     augment_flag = dataset.flip_augment if config.data.augment is None else config.data.augment
     augment = flip_augment if augment_flag and dataset.is_image else None
 
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / CONFIG_FILE, {
-        "run": config.to_dict(), "net_config": net_cfg, "sparse_bnn_version": sparse_bnn.__version__,
-        "jax_version": jax.__version__, "dataset": dataset.summary(), "augment": bool(augment is not None),
-        "sigma_0": float(bnn.prior.sigma_0), "inclusion": {k: float(v) for k, v in bnn.inclusion.items()}})
+    with RunLock(out) as lock:
+        if lock.stale_holder is not None:
+            note(f"note: {out} was locked by {lock.stale_holder.describe()}, which ended without releasing it")
+        state = run_directory_state(out)  # again: another process may have written it meanwhile
+        resuming = check_run_directory(out, state, resume=resume, overwrite=overwrite)
+        start = RunStart(out, replace=overwrite and state in ("unfinished", "finished"), fresh=not resuming,
+                         created=lock.made, log=note)
+        try:
+            start.begin()
+            return _train_and_evaluate(config, dataset, net_cfg, bnn, hooks, augment, start, resuming, progress, log,
+                                       writers)
+        except DivergenceError as error:
+            start.commit()
+            raise _diverged(out, config, error) from None
+        except BaseException:
+            start.rollback()
+            raise
+
+
+def _train_and_evaluate(config: RunConfig, dataset: Dataset, net_cfg: dict, bnn: SparseBNN, hooks: list[Hook],
+                        augment, start: RunStart, resuming: bool, progress: bool, log, writers=()) -> dict:
+    out = start.out
+    changes = check_resumable(out, config) if resuming else {}
+    previous = json.loads((out / CONFIG_FILE).read_text()) if resuming and (out / CONFIG_FILE).exists() else {}
+    # a run resumed with new learning rates adopts the Adam state of checkpoints written before
+    new_optimizer = bool(changes) or bool(previous.get("resumed"))
     training = config.training
     optimizer = config.optimizer(training.epochs, len(dataset.x_train))
     validation = (dataset.x_val, dataset.y_val) if len(dataset.x_val) else None
-    checkpoint_dir = out / CHECKPOINT_DIR
     quiet_log = (lambda message: None) if log is None else log
-    callbacks = () if progress else (_log_epoch(quiet_log),)
+
+    def started(epoch, record, state) -> None:  # the new run trained an epoch: the old one may go
+        start.commit()
+        (out / DIVERGED_FILE).unlink(missing_ok=True)
+
+    units = sum(layer.units for layer in bnn.layers[:-1])
+    callbacks = (started,) + (() if progress else (_log_epoch(quiet_log, units=units),))
     fit_kwargs = dict(epochs=training.epochs, batch_size=training.batch_size, optimizer=optimizer,
                       seed=training.seed, augment=augment, progress=progress, validation=validation,
-                      callbacks=callbacks, checkpoint_interval=training.checkpoint_interval,
-                      devices=training.devices)
-    started = time.perf_counter()
-    result = fit(bnn, dataset.x_train, dataset.y_train, hooks=hooks, checkpoint_dir=checkpoint_dir,
-                 resume=True, **fit_kwargs)
+                      checkpoint_interval=training.checkpoint_interval, devices=training.devices)
+    prepared = prepare_fit(bnn, dataset.x_train, dataset.y_train, checkpoint_dir=out / CHECKPOINT_DIR,
+                           resume=resuming, new_optimizer=new_optimizer, callbacks=callbacks, **fit_kwargs,
+                           hooks=[*hooks, MetricsLog(writers, fields={"phase": "sparse"})])
+    resumed = resumed_record(previous, int(prepared.fitting.state.epoch), changes)
+    write_json(out / CONFIG_FILE, {
+        "run": config.to_dict(), "net_config": net_cfg, "sparse_bnn_version": sparse_bnn.__version__,
+        "jax_version": jax.__version__, "dataset": dataset.summary(), "augment": bool(augment is not None),
+        "sigma_0": float(bnn.prior.sigma_0), "inclusion": {k: float(v) for k, v in bnn.inclusion.items()},
+        **({"resumed": resumed} if resumed else {})})
+    started_at = time.perf_counter()
+    result = run_prepared(prepared)
     history = [dict(r, phase="sparse") for r in result.history]
     compile_seconds = result.compile_seconds
     final_bnn, params, masks = result.bnn, result.params, result.state.masks
@@ -242,14 +276,18 @@ def run_experiment(config: RunConfig | Mapping[str, Any], *, resume: bool = Fals
         wanted = tuned_bnn.init_params()
         init = {k: params[k] for k in wanted}
         tuned = fit(tuned_bnn, dataset.x_train, dataset.y_train, init_params=init, masks=unit_masks,
-                    checkpoint_dir=out / FINETUNE_CHECKPOINT_DIR, resume=True,
+                    checkpoint_dir=out / FINETUNE_CHECKPOINT_DIR, resume=True, new_optimizer=new_optimizer,
+                    hooks=[MetricsLog(writers, epoch_offset=training.epochs, fields={"phase": "fine-tune"})],
                     **{**fit_kwargs, "epochs": training.fine_tune_epochs,
                        "optimizer": config.optimizer(training.fine_tune_epochs, len(dataset.x_train)),
-                       "callbacks": () if progress else (_log_epoch(quiet_log, training.epochs, "fine-tune epoch"),)})
+                       "callbacks": (started,) + (() if progress else
+                                                  (_log_epoch(quiet_log, training.epochs, "fine-tune epoch", units),))})
         history += [dict(r, epoch=r["epoch"] + training.epochs, phase="fine-tune") for r in tuned.history]
         compile_seconds += tuned.compile_seconds
         final_bnn, params, masks = tuned.bnn, tuned.params, tuned.state.masks
-    session_seconds = time.perf_counter() - started
+    session_seconds = time.perf_counter() - started_at
+    for writer in writers:
+        writer.close()
 
     write_json(out / HISTORY_FILE, history)
     save_variational_params(out / PARAMS_FILE, params, masks)
@@ -262,8 +300,25 @@ def run_experiment(config: RunConfig | Mapping[str, Any], *, resume: bool = Fals
                    compile_seconds=float(compile_seconds), session_seconds=float(session_seconds),
                    epochs=int(training.epochs), fine_tune_epochs=int(training.fine_tune_epochs))
     _plots(out, history, inclusion, metrics.pop("_calibration", None), config.evaluation.threshold, quiet_log)
+    start.commit()
+    (out / DIVERGED_FILE).unlink(missing_ok=True)
     write_json(out / METRICS_FILE, metrics)
     return metrics
+
+
+def _diverged(out: Path, config: RunConfig, error: DivergenceError) -> DivergenceError:
+    """``error`` recorded in ``RUN/diverged.json``, its message ending with the command that resumes
+    the run from its last good checkpoint with a tenth of its learning rates."""
+    phase = "fine-tune" if (out / FINETUNE_CHECKPOINT_DIR).exists() else "sparse"
+    write_divergence(out, int(error.last_good.state.epoch), phase, str(error))
+    training = config.training
+    smaller = {"lr": float(f"{training.lr / 10:.3g}")}
+    if training.indicator_lr is not None:
+        smaller["indicator_lr"] = float(f"{training.indicator_lr / 10:.3g}")
+    command = fit_command(config, "--resume", **smaller)
+    return DivergenceError(f"{error}\nTo continue from the last good checkpoint with smaller learning rates (a "
+                           "diverged run may change --lr, --indicator-lr, --lr-schedule and --lr-final-fraction "
+                           f"when it resumes):\n    {command}", error.last_good)
 
 
 def _plots(out: Path, history: list[dict], inclusion: Mapping[str, np.ndarray], calibration,

@@ -10,7 +10,6 @@ imports no JAX, and :mod:`sparse_bnn.data`, to reload the data set)::
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -28,13 +27,14 @@ COMPACT_DIR = "compact"
 CHECKPOINT_DIR = "checkpoint"
 FINETUNE_CHECKPOINT_DIR = "checkpoint_finetune"
 PLOTS_DIR = "plots"
+DIVERGED_FILE = "diverged.json"  # left by a run whose loss diverged, beside its last good checkpoint
 
 # The run options that say how its data set was loaded (keyword arguments of load_dataset).
 DATASET_OPTIONS = ("data_dir", "validation_fraction", "seed", "download", "n_train", "n_test")
 
-__all__ = ["CHECKPOINT_DIR", "COMPACT_DIR", "CONFIG_FILE", "DATASET_OPTIONS", "FINETUNE_CHECKPOINT_DIR",
-           "HISTORY_FILE", "METRICS_FILE", "PARAMS_FILE", "PLOTS_DIR", "REPORT_FILE", "load_run_dataset",
-           "read_finished_run"]
+__all__ = ["CHECKPOINT_DIR", "COMPACT_DIR", "CONFIG_FILE", "DATASET_OPTIONS", "DIVERGED_FILE",
+           "FINETUNE_CHECKPOINT_DIR", "HISTORY_FILE", "METRICS_FILE", "PARAMS_FILE", "PLOTS_DIR", "REPORT_FILE",
+           "load_run_dataset", "read_finished_run"]
 
 
 def read_finished_run(run_dir: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -50,8 +50,13 @@ def read_finished_run(run_dir: str | os.PathLike) -> tuple[dict[str, Any], dict[
     if not (run_dir / METRICS_FILE).is_file():
         raise ValueError(f"{run_dir} holds an unfinished run (no {METRICS_FILE}); finish it with "
                          "sparse-bnn fit ... --resume")
-    saved = json.loads((run_dir / CONFIG_FILE).read_text())
-    return saved["run"], json.loads((run_dir / METRICS_FILE).read_text())
+    from sparse_bnn.errors import InputError, read_json
+    saved = read_json(run_dir / CONFIG_FILE, "run configuration")
+    metrics = read_json(run_dir / METRICS_FILE, "run's metrics")
+    if not (isinstance(saved, dict) and isinstance(saved.get("run"), dict) and isinstance(metrics, dict)):
+        raise InputError(f"{run_dir}: {CONFIG_FILE} lacks its \"run\" options or {METRICS_FILE} is no mapping; "
+                         "the run directory is corrupt: fit the run again")
+    return saved["run"], metrics
 
 
 def load_run_dataset(options: Mapping[str, Any], data_dir: str | os.PathLike | None = None) -> Dataset:

@@ -13,8 +13,8 @@ from typing import Any
 
 from sparse_bnn.experiment.options import (Section, check_inclusion, finite, lazy, non_negative, option,
                                             parse_inclusion, parse_prior_option, parse_widths, positive,
-                                            positive_integer, prior_hyperparameters, strictly_between_0_and_1,
-                                            typed_prior_options)
+                                            positive_integer, prior_hyperparameters, seed_in_range,
+                                            strictly_between_0_and_1, typed_prior_options)
 
 
 __all__ = ["BMR_MODES", "BMRConfig", "DataConfig", "EvaluationConfig", "ModelConfig", "ShrinkConfig",
@@ -30,6 +30,12 @@ def _shrink_default(field: str):
 def _check_checkpoint_interval(name: str, value: Any) -> None:
     from sparse_bnn.train import check_checkpoint_interval
     check_checkpoint_interval(value)
+
+
+def _check_epochs(name: str, value: Any) -> None:
+    if int(value) < 1:
+        raise ValueError(f"--epochs {value}: a run needs at least one epoch of training (with none it would "
+                         "save the untrained model as a finished run); give --epochs 1 or more")
 
 
 # ----------------------------------------------------------------------------- texts read on first use
@@ -111,7 +117,7 @@ class ModelConfig(Section):
     temperature: float = option(0.5, help="Concrete relaxation temperature")
     rho_init: float = option(-6.0, check=finite,
                              help="initial rho of the weights' posterior scales softplus(rho) (reference -6; "
-                                  "-3 separates units within a short schedule, see the README)")
+                                  "-3 separates units within a short schedule, see docs/tuning.md)")
     weight_noise: str = option("hash", choices=lazy("sparse_bnn.core.noise", "WEIGHT_NOISE", sorted),
                                help="generator of the guide's weight noise: a fast counter hash (default) or "
                                     "jax.random.normal's threefry")
@@ -149,7 +155,7 @@ class ModelConfig(Section):
 class TrainingConfig(Section):
     """The optimiser, its schedule, seeds, devices and checkpoints."""
 
-    epochs: int = option(10, identity=False, check=non_negative, help="passes over the training set")
+    epochs: int = option(10, identity=False, check=_check_epochs, help="passes over the training set")
     batch_size: int = option(1024, check=positive_integer, help="training examples per SVI step")
     lr: float = option(1e-3, check=positive, help="Adam learning rate")
     indicator_lr: float | None = option(
@@ -161,7 +167,7 @@ class TrainingConfig(Section):
                                    "to --lr-final-fraction of their values: along a half cosine or a straight line")
     lr_final_fraction: float = option(
         0.1, help="learning rate at the end of a decaying --lr-schedule, as a fraction of --lr")
-    seed: int = option(0, help="seeds initialisation, shuffling, noise and the data splits")
+    seed: int = option(0, check=seed_in_range, help="seeds initialisation, shuffling, noise and the data splits")
     fine_tune_epochs: int = option(0, identity=False, check=non_negative,
                                    help="after sparse training, train this many epochs with the kept units frozen")
     devices: int | None = option(None, parse=int, identity=False, check=positive_integer,

@@ -327,7 +327,11 @@ print("fraction of weights pruned after each reduction:",
 ]
 
 CUSTOM = [
-    ("md", """# Your own NumPyro model with the library's pieces
+    ("md", """# Your own network and your own NumPyro model
+
+Any Flax NNX module can be the network: the library traces it once and infers its *unit layers*
+(which output features of which `nnx.Linear`/`nnx.Conv` form a prunable unit, and which kernels
+read them); see `docs/guide/custom-modules.md`.
 
 `SparseBNN` is a toolbox as well as a model: `bnn.sample_latents()` draws every latent site of
 the prior, `bnn.effective_params(values)` turns them into the network's weights, and
@@ -353,8 +357,10 @@ from sparse_bnn.core.elbo import AnalyticKLELBO
 from sparse_bnn.train import fit
 from sparse_bnn.core.guide import softplus
 from sparse_bnn.core.kl import kl_lognormal_halfnormal
+from sparse_bnn.compact.io import load_compact, save_compact
+from sparse_bnn.compact.prune import compact
 from sparse_bnn.core.model import SparseBNN
-from sparse_bnn.nets import MLP
+from sparse_bnn.nets.declare import declare_units
 from sparse_bnn.priors import get_prior
 
 N_TRAIN = 300 if SMALL else 1000
@@ -370,13 +376,39 @@ rng = np.random.default_rng(0)
 outliers = rng.choice(N_TRAIN, N_TRAIN // 20, replace=False)
 y_train[outliers] += rng.choice([-1.0, 1.0], size=(len(outliers), 1)) * rng.uniform(5, 10, size=(len(outliers), 1))
 print(f"{len(outliers)} outliers among {N_TRAIN} training targets")"""),
+    ("md", """## The network: a plain NNX module
+
+A small residual MLP, written as any Flax NNX module, with nothing of this library in it.
+`declare_units` traces it on a few inputs and finds its unit layers: the skip connection adds
+the outputs of `inp` and `hidden`, so their units are one group (removing unit `j` removes it
+from both, and from the rows of `hidden` and `out` that read it). It then checks that the
+compact network equals the masked one, and would refuse, naming the layer, a design that does
+not commute with pruning (a `LayerNorm` across the units, for one)."""),
+    ("code", """class SkipNet(nnx.Module):
+    \"\"\"x [B, in_features] -> silu(inp) + silu(hidden(.)) -> out: [B, 1].\"\"\"
+
+    def __init__(self, in_features, width, *, rngs):
+        self.in_features, self.width = in_features, width   # kept: the saved config rebuilds it from them
+        self.inp = nnx.Linear(in_features, width, rngs=rngs)
+        self.hidden = nnx.Linear(width, width, rngs=rngs)
+        self.out = nnx.Linear(width, 1, rngs=rngs)
+
+    def __call__(self, x):
+        h = nnx.silu(self.inp(x))
+        h = h + nnx.silu(self.hidden(h))
+        return self.out(h)
+
+
+net = declare_units(SkipNet(10, 50, rngs=nnx.Rngs(0)), x_train[:8])
+for layer in net.unit_layers():
+    print(f"{layer.name:6s} units {layer.units:3d}  prunable {layer.prunable!s:5s}  "
+          f"members {[(m.path, m.axis) for m in layer.members]}")"""),
     ("md", """## The model and the guide
 
 `bnn` is built with `likelihood="gaussian"` and a fixed `noise`, only so that it has no noise
 site of its own: we never call its likelihood. Our model adds one latent, the Student-t scale
 `s ~ HalfNormal(1)`, and our guide adds its log-normal factor to `bnn.guide`."""),
-    ("code", """net = MLP(10, (50,), 1, rngs=nnx.Rngs(0))
-bnn = SparseBNN(net, get_prior("ss-ghs"), n_data=N_TRAIN, likelihood="gaussian", noise=1.0)
+    ("code", """bnn = SparseBNN(net, get_prior("ss-ghs"), n_data=N_TRAIN, likelihood="gaussian", noise=1.0)
 DEGREES_OF_FREEDOM = 3.0
 
 
@@ -415,7 +447,7 @@ print(f"final loss per datum {float(svi_result.losses[-1]) / N_TRAIN:.3f}, "
     ("code", """def evaluate(name, model_bnn, params):
     means = posterior.predict_mean(model_bnn, params, x_test)
     rmse = float(np.sqrt(np.mean((means - y_test) ** 2)))
-    kept = int(np.sum(np.asarray(posterior.keep_masks(model_bnn, params)["dense0"])))
+    kept = int(np.sum(np.asarray(posterior.keep_masks(model_bnn, params)["inp"])))
     print(f"{name:28s} test RMSE {rmse:.4f}   kept hidden units {kept} (teacher: 3)")
 
 
@@ -423,13 +455,29 @@ evaluate("Student-t (custom, SVI)", bnn, robust_params)"""),
     ("md", """## The library's Gaussian model, for comparison
 
 Same network and prior, Gaussian likelihood with a learned noise, fitted with `fit`. The outliers
-inflate its noise estimate and pull its fit."""),
-    ("code", """gaussian_bnn = SparseBNN(MLP(10, (50,), 1, rngs=nnx.Rngs(0)), get_prior("ss-ghs"), n_data=N_TRAIN,
-                         likelihood="gaussian")
+inflate its noise estimate and pull its fit. (`example_input` declares a fresh `SkipNet` on the way.)"""),
+    ("code", """gaussian_bnn = SparseBNN(SkipNet(10, 50, rngs=nnx.Rngs(0)), get_prior("ss-ghs"), n_data=N_TRAIN,
+                         likelihood="gaussian", example_input=x_train[:8])
 gaussian = fit(gaussian_bnn, x_train, y_train, epochs=EPOCHS, batch_size=N_TRAIN // 10,
                optimizer=optax.adam(1e-2), progress=False)
 evaluate("Gaussian (library, fit)", gaussian_bnn, gaussian.params)
 print(f"learned Gaussian noise {posterior.noise_scale(gaussian_bnn, gaussian.params):.3f} (true 0.1)")"""),
+    ("md", """## A smaller SkipNet, saved and loaded
+
+`compact` keeps the units the robust posterior includes and builds a `SkipNet` of that width.
+`save_compact` stores the class's import path and constructor arguments with the arrays, so
+`load_compact` rebuilds it; in another process the class must live in an importable module
+(here it lives in the notebook, so we load it in the same process)."""),
+    ("code", """import tempfile
+
+weights, keep = posterior.posterior_mean_params(bnn, robust_params)   # median-probability model
+small, _ = compact(bnn.net, weights, keep)
+print("compact widths:", small.config["units"])
+folder = tempfile.mkdtemp()
+save_compact(folder, small)
+loaded = load_compact(folder)
+print(type(loaded).__name__, "max output difference after loading:",
+      float(jnp.max(jnp.abs(loaded(jnp.asarray(x_test)) - small(jnp.asarray(x_test))))))"""),
     ("md", """The same recipe works for any likelihood or extra latent: draw the network's latents with
 `bnn.sample_latents()`, build the weights with `bnn.effective_params`, and extend `bnn.guide`
 and `bnn.kl` with your own sites."""),

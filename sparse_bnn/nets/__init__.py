@@ -1,10 +1,16 @@
-"""Architectures: plain Flax NNX modules that declare their prunable unit layers."""
+"""Architectures: plain Flax NNX modules that declare their prunable unit layers.
+
+Any other NNX module gets its unit layers from :func:`infer_units` (traced) or by hand, through
+:func:`sparse_bnn.nets.declare.declare_units`; its config names its class as
+``"package.module:Class"``, which :func:`net_from_config` imports.
+"""
 from __future__ import annotations
 
 from flax import nnx
 
 from sparse_bnn.nets.base import (FunctionalNet, ParamAxis, SparseNet, UnitLayer, flatten_paths,
                                   pure_params, unflatten_paths, with_group_sizes)
+from sparse_bnn.nets.infer import infer_units
 from sparse_bnn.nets.lenet import LeNet5, LeNet5Caffe
 from sparse_bnn.nets.mixer import MLPMixer
 from sparse_bnn.nets.mlp import MLP
@@ -21,12 +27,17 @@ def register_net(name: str, cls: type) -> None:
 
 
 def net_from_config(config: dict, seed: int = 0) -> nnx.Module:
-    """Build the network a config describes (``config["net"]`` names the architecture)."""
+    """Build the network a config describes (``config["net"]`` names the architecture: a
+    registered name, or the import path ``"package.module:Class"`` of a declared module)."""
     name = config.get("net")
+    if isinstance(name, str) and ":" in name:
+        from sparse_bnn.nets.rebuild import custom_from_config
+        return custom_from_config(config, seed)
     if name not in NETS:
-        raise ValueError(f"unknown net {name!r}; choose one of {sorted(NETS)}")
+        raise ValueError(f"unknown net {name!r}; choose one of {sorted(NETS)}, or the import path "
+                         "'package.module:Class' of a module declared with declare_units")
     return NETS[name].from_config(config, nnx.Rngs(seed))
 
 
-__all__ = ["NETS", "MLP", "FunctionalNet", "ParamAxis", "SparseNet", "UnitLayer", "flatten_paths",
+__all__ = ["NETS", "MLP", "FunctionalNet", "ParamAxis", "SparseNet", "UnitLayer", "flatten_paths", "infer_units",
            "net_from_config", "pure_params", "register_net", "unflatten_paths", "with_group_sizes"]

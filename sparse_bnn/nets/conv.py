@@ -4,17 +4,8 @@
 the kernel's feature dimensions swapped in its dimension numbers, and one for the kernel, which
 contracts the batch. Outside loops XLA:CPU runs both with its fast convolution code; inside the
 body of a ``lax.scan`` or ``while_loop`` (where every training epoch of this library runs) it
-falls back to a generic loop for them. Measured on 2 cores (jax 0.10.2), one conv of
-LeNet-5-Caffe (``[1024, 12, 12, 20] -> [1024, 8, 8, 50]``, 5x5):
-
-========================  =======  ========
-gradient                  in scan  outside
-========================  =======  ========
-input, ``jax.grad``       0.86 s   0.075 s
-input, canonical conv     0.079 s  0.075 s
-kernel, ``jax.grad``      11.9 s   0.31 s
-kernel, im2col matmul     0.092 s  0.12 s
-========================  =======  ========
+falls back to a generic loop for them, about ten times slower for the input's gradient and
+over a hundred times for the kernel's on LeNet-5-Caffe's second convolution.
 
 :func:`conv_general_dilated` has ``lax.conv_general_dilated``'s signature and forward pass and,
 on CPU, this custom gradient: the input's as a convolution of the output gradient with the

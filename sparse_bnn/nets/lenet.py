@@ -18,9 +18,8 @@ is a unit. The dense layer after the flattened ``[B, H, W, C]`` feature map cons
 Activations must satisfy ``act(0) = 0`` so that a removed channel sends exactly zero through
 max-pooling and padding. SiLU by default, as in the spike-and-slab reference code's
 LeNet-5-Caffe and in this library's MLP and ResNets: under spike-and-slab SVI a ReLU LeNet can
-die (measured: LeNet-5-Caffe with SS-GHS, Adam 3e-3, ``rho_init=-3`` sat at ``nll = log 10``
-from its second epoch on, no pre-activation of its second conv positive), and on LeNet-5 SiLU
-reached a better ELBO, accuracy and calibration in 40 epochs (README, "LeNet activation").
+die (no pre-activation of its second conv stays positive, and the likelihood stays at
+``nll = log 10``); SiLU has a gradient everywhere (docs/tuning.md, "LeNet activation").
 """
 from __future__ import annotations
 
@@ -54,8 +53,8 @@ def max_pool(x: jax.Array) -> jax.Array:
     """``POOL x POOL`` max-pooling with stride ``POOL``, ``VALID`` (a trailing odd row or column
     is dropped): ``[B, H, W, C] -> [B, H // POOL, W // POOL, C]``.
 
-    Written as a reshape and a max rather than ``nnx.max_pool``: same values, and on CPU the
-    LeNet-5-Caffe step at batch 1024 takes 400 ms instead of 494 ms. Tied maxima (a switched-off
+    Written as a reshape and a max rather than ``nnx.max_pool``: same values, and a faster
+    LeNet-5-Caffe step on CPU. Tied maxima (a switched-off
     channel's zeros, a ReLU's zeros) share the gradient instead of the first taking it all; the
     window's total gradient is the same.
     """

@@ -63,8 +63,8 @@ SETTINGS = {
     "quick": {"n_train": 10000, "n_test": 2000, "epochs": 6, "warmup": 3, "batch_size": 256,
               "mlp_widths": (100, 100), "nets": ("mlp",), "lr": 3e-3, "indicator_lr": 1e-2,
               "rho_init": -3.0, "n_samples": 5},
-    # the main job's settings (README, "Settings that prune")
-    # warm-up None: fit_with_bmr's default (README, "BMR warm-up")
+    # the main job's settings (docs/tuning.md, "Settings that prune")
+    # warm-up None: fit_with_bmr's default (docs/tuning.md, "BMR warm-up")
     "full": {"n_train": None, "n_test": None, "epochs": 100, "warmup": None, "batch_size": 1024,
              "mlp_widths": (400, 400), "nets": ("mlp", "lenet5"), "lr": 3e-3, "indicator_lr": 1e-2,
              "rho_init": -3.0, "n_samples": 10},

@@ -48,7 +48,7 @@ PRIORS = ("ss-gl", "ss-ghs", "ss-ig", "gaussian", "bmr")
 MLP_WIDTHS = [400, 400]
 SHRINKABLE = ("ss-gl", "ss-ghs", "ss-ig", "bmr")  # bmr: node-wise BMR removes the units it prunes
 SCHEDULES = {
-    # the main job's settings (README, "Settings that prune"): minutes per MLP run on 2 CPU cores;
+    # the main job's settings (docs/tuning.md, "Settings that prune"): minutes per MLP run on 2 CPU cores;
     # spike-and-slab and BMR runs shrink the network while they train
     "cpu": {"epochs": 300, "batch_size": 1024, "lr": 3e-3, "indicator_lr": 1e-2, "rho_init": -3.0,
             "shrink": True},

@@ -4,10 +4,18 @@ The common entry points are importable from the package (loaded on first use, so
 ``sparse_bnn.compact.io`` alone stays light for deployment)::
 
     from sparse_bnn import SparseBNN, get_prior, fit, Shrink, predict, load_compact
+
+Each name is the object of the module ``_EXPORTS`` names. ``fit`` is the function
+:func:`sparse_bnn.train.fit` even after the old module ``sparse_bnn/fit.py`` is imported (its
+names stay importable as ``from sparse_bnn.fit import ...``). ``compact`` is the function
+:func:`sparse_bnn.compact.prune.compact` until a module of the package :mod:`sparse_bnn.compact`
+is imported; from then on ``sparse_bnn.compact`` is that package, which is callable as the function.
 """
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 
 __version__ = "0.1.0"
 
@@ -29,6 +37,21 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+# exported names that a submodule of the package shares: importing the submodule must not
+# rebind them (``import sparse_bnn.fit`` would otherwise make ``sparse_bnn.fit`` the module)
+_KEPT_OVER_SUBMODULES = frozenset({"fit"})
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name: str, value) -> None:
+        if name in _KEPT_OVER_SUBMODULES and isinstance(value, types.ModuleType):
+            return  # the submodule stays in sys.modules; the attribute stays the exported object
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str):

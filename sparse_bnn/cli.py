@@ -7,20 +7,22 @@
     sparse-bnn predict runs/fmnist t10k-images-idx3-ubyte.gz --out predictions.csv
 
 The options of ``fit`` are generated from the fields of :class:`sparse_bnn.experiment.config.RunConfig`
-(:func:`add_config_options`): their flags, help texts, defaults and checks are declared there once.
+(:func:`sparse_bnn.cli_options.add_config_options`): their flags, help texts, defaults and checks are declared there once.
 
 Exit codes: 0 success; 2 bad input (unknown names, missing or corrupt data, a run directory
-that must not be touched); 3 the loss diverged (the last good checkpoint is kept);
+that must not be touched or that another process is writing); 3 the loss diverged (the last good
+checkpoint is kept, and the message shows the command that resumes it with smaller learning rates);
 130 interrupted. Output cut short by its reader (``sparse-bnn predict ... | head``) ends quietly with 0.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
-from typing import Sequence
+from typing import Any, Mapping, Sequence
+
+from sparse_bnn.cli_options import add_config_options, config_from_args
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 2, 3, 130
 
@@ -35,71 +37,30 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def add_config_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """Add one option per field of :class:`~sparse_bnn.experiment.config.RunConfig`, in one group per section.
-
-    Flag, help text, default, type and choices come from the field (:func:`sparse_bnn.experiment.options.option`);
-    the ``dest`` is the field's flat name, so that :func:`config_from_args` finds it. Returns the
-    last group, "run directory and output" (``--out``), for the options of a run that are not
-    part of its config.
-    """
-    from sparse_bnn.experiment.config import RunConfig
-    groups = {f.name: parser.add_argument_group(f.metadata["help"])
-              for f in dataclasses.fields(RunConfig) if f.metadata.get("section")}
-    groups[None] = parser.add_argument_group("run directory and output")
-    for entry in RunConfig.options():
-        groups[entry.section].add_argument(entry.flag, **_argparse_keywords(entry))
-    return groups[None]
-
-
-def _argparse_keywords(entry) -> dict:
-    """The keywords of ``add_argument`` for an :class:`~sparse_bnn.experiment.options.Option`."""
-    from sparse_bnn.experiment.options import MISSING
-    metadata, default = entry.field.metadata, entry.default
-    parse = metadata["parse"] or (type(default) if default not in (None, MISSING) else str)
-    keywords = {"dest": entry.name, "help": entry.help}
-    if parse is bool:  # a switch: on, off, or both where the default is decided later
-        keywords["action"] = {False: "store_true", True: "store_false", None: argparse.BooleanOptionalAction}[default]
-        keywords["default"] = default
-    else:
-        keywords["type"] = parse if parse in (int, float, str) else _argparse_type(parse)
-        if default is MISSING:
-            keywords["required"] = True
-        else:  # text that parses to the default, so that --help shows 400,400, not (400, 400)
-            keywords["default"] = ",".join(map(str, default)) if isinstance(default, (tuple, list)) else default
-        if metadata["choices"] is not None:
-            keywords["choices"] = list(metadata["choices"]())
-    return {**keywords, **metadata["cli"]}
-
-
-def _argparse_type(parse):
-    """``parse``, its ``ValueError`` turned into argparse's error with the same message."""
-    def convert(text: str):
-        try:
-            return parse(text)
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
-    convert.__name__ = parse.__name__
-    return convert
-
-
-def config_from_args(args: argparse.Namespace):
-    """The :class:`~sparse_bnn.experiment.config.RunConfig` of parsed ``sparse-bnn fit`` arguments."""
-    from sparse_bnn.experiment.config import RunConfig
-    return RunConfig.flat(**{entry.name: getattr(args, entry.name) for entry in RunConfig.options()})
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(replay: Mapping[str, Any] | None = None) -> argparse.ArgumentParser:
+    """The parser of ``sparse-bnn``; ``replay`` (``{flat name: value}`` of ``fit --config``) replaces
+    the defaults of ``fit``'s options."""
+    from sparse_bnn import __version__
     parser = argparse.ArgumentParser(
         prog="sparse-bnn", description="Structurally sparse Bayesian neural networks: fit with "
         "spike-and-slab group priors, prune nodes, evaluate the compact network.")
+    parser.add_argument("--version", action="version", version=f"sparse-bnn {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     fit = commands.add_parser("fit", help="train a model into a run directory",
                               formatter_class=_HelpFormatter)
-    run = add_config_options(fit)
-    run.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
-    run.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    run = add_config_options(fit, replay)
+    run.add_argument("--config", metavar="FILE", default=None,
+                     help="replay a run: take the options of its config.json (or of the run directory "
+                          "holding it); options given here override the file's")
+    run.add_argument("--tensorboard", metavar="DIR", default=None,
+                     help="also write the per-epoch metrics as TensorBoard scalars into DIR (needs "
+                          "tensorboardX); RUN/history.csv is always written")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the unfinished run in --out from its last checkpoint (a run that diverged "
+                          "may change --lr, --indicator-lr, --lr-schedule and --lr-final-fraction)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace the run in --out (the old run is deleted once the new one has trained an epoch)")
     run.add_argument("--quiet", action="store_true", help="one log line per epoch instead of a progress bar")
 
     evaluate = commands.add_parser("evaluate", help="recompute test metrics from a run's compact model")
@@ -128,6 +89,25 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--data-dir", default=None,
                          help="folder holding the training data (only for runs saved without their "
                               "preprocessing)")
+
+    export = commands.add_parser(
+        "export", help="write a run's compact model as one file that plain JAX runs",
+        description="Write a run's compact model as a jax.export artifact: the weights as constants, the run's "
+                    "input preprocessing folded in, any batch size. Load it with jax.export.deserialize; "
+                    "it takes inputs in the data set's own units (float32) and returns class probabilities "
+                    "or, for regression, mean and standard deviation in the targets' units.")
+    export.add_argument("run_dir", metavar="RUN", help="run directory (or a compact model directory)")
+    export.add_argument("--out", required=True, metavar="FILE", help="the file to write")
+    export.add_argument("--format", default="stablehlo", choices=["stablehlo"],
+                        help="stablehlo: a serialized jax.export.Exported")
+    export.add_argument("--samples", action="store_true",
+                        help="average over the saved posterior samples (as predict does by default) instead "
+                             "of the median-probability network with posterior-mean weights (predict --median)")
+    export.add_argument("--platforms", default="cpu,cuda,rocm,tpu", type=lambda text: text.split(","),
+                        help="comma-separated platforms to lower for (default: cpu,cuda,rocm,tpu)")
+    from sparse_bnn.compile_cache import add_cache_option
+    for command in (fit, evaluate, predict, export):
+        add_cache_option(command)
     return parser
 
 
@@ -136,7 +116,8 @@ def _fit(args: argparse.Namespace) -> int:
     from sparse_bnn.experiment.run import run_experiment
     config = config_from_args(args)
     log = (lambda message: print(message, flush=True))
-    run_experiment(config, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet, log=log)
+    run_experiment(config, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet, log=log,
+                   tensorboard=args.tensorboard)
     print(report_table(args.out), flush=True)
     return EXIT_OK
 
@@ -150,10 +131,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         return EXIT_OK
     for label, values in result.items():
         print(f"{label}: " + ", ".join(f"{k}={v:.4f}" for k, v in values.items()))
-    recorded = saved.get("compact", {})
-    differences = {k: abs(v - recorded[k]) for k, v in result["compact"].items() if k in recorded}
-    if differences:
-        print(f"largest difference to metrics.json (compact): {max(differences.values()):.2e}")
+    for block in ("compact", "compact_bma"):  # compact_bma: recorded by runs of this version on
+        recorded = saved.get(block, {})
+        differences = {k: abs(v - recorded[k]) for k, v in result.get(block, {}).items() if k in recorded}
+        if differences:
+            print(f"largest difference to metrics.json ({block}): {max(differences.values()):.2e}")
     return EXIT_OK
 
 
@@ -167,7 +149,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from sparse_bnn.compact.deploy import predict_run, read_inputs, write_predictions
+    from sparse_bnn.compact.deploy import check_output, predict_run, read_inputs, write_predictions
+    check_output(args.out)
     predictions = predict_run(args.run_dir, read_inputs(args.inputs), samples=not args.median,
                               data_dir=args.data_dir, source=args.inputs)
     write_predictions(args.out, predictions)
@@ -176,11 +159,44 @@ def _predict(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _export(args: argparse.Namespace) -> int:
+    from sparse_bnn.compact.export import export
+    written = export(args.run_dir, args.out, samples=args.samples, platforms=args.platforms, format=args.format)
+    what = f"average over {written.samples} posterior samples" if written.samples else "posterior-mean network"
+    print(f"{written.path}: {what}, inputs [batch, {', '.join(map(str, written.input_shape))}] float32 -> "
+          f"{written.outputs}; platforms {', '.join(written.exported.platforms)}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _replay(argv: Sequence[str]) -> Mapping[str, Any] | None:
+    """The options of ``fit --config FILE`` in ``argv`` (``None`` without it)."""
+    if not argv or argv[0] != "fit":
+        return None
+    finder = argparse.ArgumentParser(add_help=False)
+    finder.add_argument("--config", default=None)
+    known, _ = finder.parse_known_args(argv[1:])
+    if known.config is None:
+        return None
+    from sparse_bnn.cli_options import replayed_options
+    return replayed_options(known.config)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``sparse-bnn`` (and ``python -m sparse_bnn``); returns the exit code."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        replay = _replay(argv)
+    except ValueError as error:
+        print(f"sparse-bnn fit: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    args = build_parser(replay).parse_args(argv)
+    from sparse_bnn.errors import show_warnings_on_one_line
+    show_warnings_on_one_line()
+    from sparse_bnn.compile_cache import setup_from_args
+    setup_from_args(args)  # JAX's persistent compilation cache, unless --no-compile-cache
     from sparse_bnn.train import DivergenceError
-    command = {"fit": _fit, "evaluate": _evaluate, "report": _report, "predict": _predict}[args.command]
+    command = {"fit": _fit, "evaluate": _evaluate, "report": _report, "predict": _predict,
+               "export": _export}[args.command]
     try:
         return command(args)
     except DivergenceError as error:

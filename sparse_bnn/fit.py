@@ -1,13 +1,11 @@
 """Former home of the training loop, kept so that old imports work: use :mod:`sparse_bnn.train`.
 
-``sparse_bnn.fit`` is both this module and, through the package, the function
-:func:`sparse_bnn.train.fit`; the module is callable so that ``from sparse_bnn import fit;
-fit(bnn, x, y, ...)`` works whichever of the two the import finds.
+``from sparse_bnn.fit import CHECKPOINT_FILE, fit`` still works. The attribute ``sparse_bnn.fit``
+is the function :func:`sparse_bnn.train.fit`, also after this module is imported (the package
+does not let the import rebind it), so ``import sparse_bnn.fit as m`` gives the function too;
+``importlib.import_module("sparse_bnn.fit")`` gives this module.
 """
 from __future__ import annotations
-
-import sys
-import types
 
 from sparse_bnn.train.checkpoint import CHECKPOINT_FILE, HISTORY_FILE, load_checkpoint, save_checkpoint
 from sparse_bnn.train.epoch import (STREAM_CHUNK_BYTES, StreamingEpoch, epoch_plan, init_state, loss_fn,
@@ -23,11 +21,3 @@ __all__ = ["CHECKPOINT_FILE", "CHECKPOINT_INTERVAL", "DivergenceError", "EpochSt
            "check_checkpoint_interval", "epoch_plan", "fit", "init_state", "kept_units", "learning_rate_schedule",
            "load_checkpoint", "loss_fn", "make_epoch", "make_step", "save_checkpoint", "scale_indicator_updates",
            "svi_optimizer", "validate_data"]
-
-
-class _CallableModule(types.ModuleType):
-    def __call__(self, *args, **kwargs):
-        return fit(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

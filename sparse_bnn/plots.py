@@ -1,7 +1,10 @@
-"""Figures of a run as PNG files (matplotlib, Agg backend: no display needed).
+"""Figures of a run as PNG files (matplotlib's object-oriented API: no display needed).
 
 Each ``plot_*`` function takes plain data, draws one figure, saves it to ``path`` and returns
-the path; :func:`write_run_plots` draws all of them into a folder.
+the path; :func:`write_run_plots` draws all of them into a folder. The figures are
+:class:`matplotlib.figure.Figure` objects drawn by the Agg canvas directly, never through
+``pyplot``: importing or using this module leaves matplotlib's backend, and the figures of a
+notebook or a GUI, as they were.
 """
 from __future__ import annotations
 
@@ -9,22 +12,26 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 __all__ = ["plot_inclusion_histograms", "plot_kept_units", "plot_loss_curves", "plot_reliability",
            "write_run_plots"]
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
+def _figure(figsize: tuple[float, float]) -> Figure:
+    """A figure of its own, on an Agg canvas (no pyplot, no global state)."""
+    figure = Figure(figsize=figsize)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -37,7 +44,8 @@ def plot_loss_curves(history: Sequence[Mapping], path: str | os.PathLike) -> Pat
     """Loss, NLL and KL per datum against the epoch (one panel each; log scale where positive)."""
     _check_history(history)
     epochs = [r["epoch"] for r in history]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    fig = _figure((12, 3.5))
+    axes = fig.subplots(1, 3)
     for ax, key in zip(axes, ("loss", "nll", "kl")):
         values = np.array([r[key] for r in history], dtype=float)
         ax.plot(epochs, values, marker="." if len(epochs) < 30 else None)
@@ -54,7 +62,8 @@ def plot_kept_units(history: Sequence[Mapping], path: str | os.PathLike) -> Path
     _check_history(history)
     epochs = [r["epoch"] for r in history]
     layers = list(history[-1]["kept"])
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = _figure((6, 4))
+    ax = fig.subplots()
     for layer in layers:
         ax.plot(epochs, [r["kept"].get(layer, np.nan) for r in history], label=layer)
     ax.set_xlabel("epoch")
@@ -74,7 +83,8 @@ def plot_inclusion_histograms(inclusion: Mapping[str, np.ndarray], path: str | o
     names = list(inclusion)
     columns = min(len(names), 4)
     rows = -(-len(names) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.8 * rows), squeeze=False)
+    fig = _figure((3.2 * columns, 2.8 * rows))
+    axes = fig.subplots(rows, columns, squeeze=False)
     for ax, name in zip(axes.flat, names):
         values = np.asarray(inclusion[name], dtype=float).reshape(-1)
         ax.hist(values, bins=np.linspace(0, 1, bins + 1), color="tab:blue")
@@ -96,7 +106,8 @@ def plot_reliability(confidence: np.ndarray, accuracy: np.ndarray, count: np.nda
     n_bins = confidence.size
     edges = np.linspace(0, 1, n_bins + 1)
     filled = count > 0
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    fig = _figure((4.5, 4.5))
+    ax = fig.subplots()
     ax.bar(edges[:-1][filled], accuracy[filled], width=1 / n_bins, align="edge",
            edgecolor="black", alpha=0.7, label="accuracy")
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")

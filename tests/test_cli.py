@@ -276,23 +276,6 @@ def test_help_states_only_informative_defaults(capsys):
     assert build_parser().parse_args(["fit", "--out", "run"]).widths == [400, 400]
 
 
-def test_run_directory_states(tmp_path):
-    from sparse_bnn.experiment.run import RunDirectoryError, prepare_run_directory
-    run = tmp_path / "run"
-    assert prepare_run_directory(run, resume=False, overwrite=False) is False  # new
-    run.mkdir()
-    assert prepare_run_directory(run, resume=True, overwrite=False) is False  # empty
-    (run / "config.json").write_text("{}")
-    with pytest.raises(RunDirectoryError, match="--resume"):
-        prepare_run_directory(run, resume=False, overwrite=False)
-    assert prepare_run_directory(run, resume=True, overwrite=False) is True
-    (run / "metrics.json").write_text("{}")
-    with pytest.raises(RunDirectoryError, match="--overwrite"):
-        prepare_run_directory(run, resume=True, overwrite=False)
-    assert prepare_run_directory(run, resume=False, overwrite=True) is False
-    assert not run.exists()
-
-
 def test_resuming_compares_the_shrink_options_only_of_shrinking_runs(tmp_path):
     """A run started without --shrink when the default factor was 0.5 resumes under today's
     0.25; a shrinking run must repeat its factor."""

@@ -129,3 +129,17 @@ def test_round_trip_registered_nets_keeps_all_state(name, tmp_path):
     expected = nnx.to_pure_dict(nnx.state(net, nnx.Not(nnx.RngState)))
     got = nnx.to_pure_dict(nnx.state(loaded, nnx.Not(nnx.RngState)))
     jax.tree_util.tree_map(np.testing.assert_array_equal, got, expected)
+
+
+def test_saved_directory_follows_the_umask(tmp_path):
+    """A compact directory others on the machine may read: ``0777 & ~umask`` (not tempfile's 0700)."""
+    import os
+    import stat
+    net = MLP(4, (3,), 2, rngs=nnx.Rngs(0))
+    previous = os.umask(0o022)
+    try:
+        save_compact(tmp_path / "compact", net)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "compact").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "compact" / "architecture.json").stat().st_mode) == 0o644

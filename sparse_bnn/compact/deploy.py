@@ -35,12 +35,15 @@ import jax
 import numpy as np
 
 from sparse_bnn.compact import io as compact_io
+from sparse_bnn.data.checks import INPUT_KEYS, check_preprocessing
 from sparse_bnn.data.formats import IDX_IMAGES_MAGIC, DataNotFoundError, read_csv, read_idx
 from sparse_bnn.data.preprocess import prepare_inputs
+from sparse_bnn.data.tabular import load_npy, load_npz
+from sparse_bnn.errors import InputError, MissingInputError
 from sparse_bnn.nets import FunctionalNet
 from sparse_bnn.experiment.run_files import COMPACT_DIR, load_run_dataset, read_finished_run
 
-__all__ = ["predict_run", "read_inputs", "run_preprocessing", "write_predictions"]
+__all__ = ["check_output", "predict_run", "read_inputs", "run_preprocessing", "write_predictions"]
 
 
 def read_inputs(path: str | os.PathLike) -> np.ndarray:
@@ -48,27 +51,30 @@ def read_inputs(path: str | os.PathLike) -> np.ndarray:
     (one example per row, optional header) or an IDX image file (``*-ubyte``, ``.gz`` or not).
 
     Raises:
-      FileNotFoundError: no such file.
-      ValueError: an unknown file type or an ``.npz`` without a single input array.
+      MissingInputError: no such file.
+      InputError: an unknown file type, a file that cannot be read as its type, or an ``.npz``
+        without a single input array.
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"input {path} is a directory; give a file of examples (.npy, .npz, .csv or IDX)")
     if not path.is_file():
-        raise FileNotFoundError(f"input file {path} does not exist")
+        raise MissingInputError(f"input file {path} does not exist")
     name = path.name.lower()
     if name.endswith(".npy"):
-        return np.load(path, allow_pickle=False)
+        return load_npy(path)
     if name.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as archive:
-            if "x" in archive.files:
-                return archive["x"]
-            if len(archive.files) == 1:
-                return archive[archive.files[0]]
-            raise ValueError(f"{path}: holds arrays {sorted(archive.files)}; name the inputs 'x'")
+        archive = load_npz(path)
+        if "x" in archive:
+            return archive["x"]
+        if len(archive) == 1:
+            return next(iter(archive.values()))
+        raise InputError(f"{path}: holds arrays {sorted(archive)}; name the inputs 'x' (numpy.savez(FILE, x=...))")
     if name.endswith(".csv"):
         return read_csv(path, with_target=False)[0]
     if "idx" in name or name.removesuffix(".gz").endswith("-ubyte"):
         return read_idx(path, IDX_IMAGES_MAGIC)
-    raise ValueError(f"{path}: unknown input file type; use .npy, .npz (array 'x'), .csv or an IDX image file")
+    raise InputError(f"{path}: unknown input file type; use .npy, .npz (array 'x'), .csv or an IDX image file")
 
 
 def run_preprocessing(run_dir: str | os.PathLike, data_dir: str | None = None) -> dict:
@@ -82,8 +88,13 @@ def _read_model(run_dir: str | os.PathLike, data_dir: str | None) -> tuple[dict,
     run_dir = Path(run_dir)
     options, _ = read_finished_run(run_dir)  # first: its message says what is wrong with a directory that is no run
     architecture = compact_io.read_architecture(run_dir / COMPACT_DIR)
+    file = run_dir / COMPACT_DIR / compact_io.ARCHITECTURE
+    noise = architecture.get("metadata", {}).get("noise_std")
+    if noise is not None and not (type(noise) in (int, float) and np.isfinite(noise) and noise >= 0):
+        raise InputError(f"{file}: metadata noise_std {noise!r} is not a number >= 0; the saved model is corrupt")
     if "preprocessing" in architecture.get("metadata", {}):
-        return architecture, architecture["metadata"]["preprocessing"]
+        return architecture, dict(check_preprocessing(architecture["metadata"]["preprocessing"], str(file),
+                                                            required=("task", *INPUT_KEYS)))
     try:
         return architecture, load_run_dataset(options, data_dir).preprocessing()
     except DataNotFoundError as error:
@@ -106,8 +117,12 @@ def predict_run(run_dir: str | os.PathLike, x: np.ndarray, *, samples: bool = Tr
     Returns:
       See the module docstring.
 
+    Warns:
+      InputWarning: inputs far outside the range of the training inputs (other units?).
+
     Raises:
-      ValueError: not a finished run, or inputs of the wrong shape or with NaN/inf.
+      InputError: not a finished run, a corrupt model, inputs of the wrong shape or with NaN/inf,
+        or outputs that are not finite.
     """
     architecture, preprocessing = _read_model(run_dir, data_dir)
     x = prepare_inputs(x, preprocessing, source)
@@ -121,6 +136,11 @@ def predict_run(run_dir: str | os.PathLike, x: np.ndarray, *, samples: bool = Tr
         samples = False
         outputs = compact_io.compact_outputs(compact_io.load_compact(model_dir), x, batch_size)[None]  # [1, N, out]
     outputs = np.asarray(outputs, np.float64)
+    bad = ~np.isfinite(outputs).reshape(outputs.shape[0], outputs.shape[1], -1).all(axis=(0, 2))
+    if bad.any():
+        raise InputError(f"{source}: the model's outputs are NaN/inf for {int(bad.sum())} of {len(bad)} examples "
+                         f"(first: example {int(np.argmax(bad))}); the inputs are too far from the training data "
+                         f"(other units?) or {model_dir} is corrupt")
     if preprocessing["task"] == "classification":
         return _class_predictions(outputs, samples)
     return _regression_predictions(outputs, architecture["metadata"].get("noise_std") or 0.0, preprocessing)
@@ -166,19 +186,35 @@ def _columns(predictions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return columns
 
 
+def check_output(path: str | os.PathLike | None) -> None:
+    """Refuse an output path that cannot take the predictions (a directory, or in a folder that
+    does not exist), before any work is done; ``None`` (standard output) is always fine."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"--out {path} is a directory; give a file name ending in .csv or .npz")
+    if not path.parent.is_dir():
+        raise InputError(f"--out {path}: the folder {path.parent} does not exist; create it first")
+
+
 def write_predictions(path: str | os.PathLike | None, predictions: dict[str, np.ndarray],
                       stream: IO[str] | None = None) -> None:
     """Write :func:`predict_run`'s result: ``.npz`` (its arrays) or CSV (one row per example,
     columns ``label, entropy, mutual_information, p0..`` or ``mean, std``); ``path=None`` writes
     the CSV to ``stream`` (standard output by default)."""
-    if path is not None and Path(path).suffix == ".npz":
-        np.savez(path, **predictions)
-        return
-    columns = _columns(predictions)
-    rows = zip(*(values.tolist() for values in columns.values()))
-    with open(path, "w", newline="") if path is not None else contextlib.nullcontext(stream or sys.stdout) as handle:
-        writer = csv.writer(handle)
-        writer.writerow(columns)
-        writer.writerows(([value if isinstance(value, int) else f"{value:.6g}" for value in row]
-                          for row in rows))
+    check_output(path)
+    try:
+        if path is not None and Path(path).suffix == ".npz":
+            np.savez(path, **predictions)
+            return
+        columns = _columns(predictions)
+        rows = zip(*(values.tolist() for values in columns.values()))
+        with open(path, "w", newline="") if path is not None else contextlib.nullcontext(stream or sys.stdout) as out:
+            writer = csv.writer(out)
+            writer.writerow(columns)
+            writer.writerows(([value if isinstance(value, int) else f"{value:.6g}" for value in row]
+                              for row in rows))
+    except (IsADirectoryError, PermissionError, FileNotFoundError) as error:
+        raise InputError(f"--out {path}: cannot write the predictions ({error.strerror or error})") from None
 

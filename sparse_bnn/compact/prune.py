@@ -43,6 +43,8 @@ from flax import nnx
 from sparse_bnn.compact.keep import KeepMasks, Params, _axis_indices, _broadcast, check_keep, check_params, mask_params
 from sparse_bnn.nets import net_from_config
 from sparse_bnn.nets.base import ParamAxis, Path, UnitLayer, flatten_paths, path_name, unflatten_paths
+from sparse_bnn.nets.declaration import declaration_of
+from sparse_bnn.nets.resize import resize
 
 __all__ = ["compact", "compact_params", "compact_samples"]
 
@@ -166,13 +168,16 @@ def _compact_module(net: nnx.Module, masks: dict[str, np.ndarray],
     layers = net.unit_layers()
     slice_masks, _ = _slice_masks(masks)
     units = {name: int(mask.sum()) for name, mask in slice_masks.items()}
-    config = type(net).config_with_units(net.config, units)
-    try:
-        template = nnx.eval_shape(lambda: net_from_config(config))
-    except jax.errors.JAXTypeError:
-        # A constructor that checks values (``float(activation(0))``, ...) cannot be traced;
-        # build it for real (the compact network is small) and overwrite every value below.
-        template = net_from_config(config)
+    if declaration_of(net) is not None:  # a module declared with declare_units: cut a copy
+        template = resize(net, units)
+    else:
+        config = type(net).config_with_units(net.config, units)
+        try:
+            template = nnx.eval_shape(lambda: net_from_config(config))
+        except jax.errors.JAXTypeError:
+            # A constructor that checks values (``float(activation(0))``, ...) cannot be traced;
+            # build it for real (the compact network is small) and overwrite every value below.
+            template = net_from_config(config)
     graphdef, template_params, template_rest = nnx.split(template, nnx.Param, ...)
 
     _, _, rest = nnx.split(net, nnx.Param, ...)

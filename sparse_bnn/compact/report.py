@@ -28,7 +28,7 @@ from jax.extend import core as jcore
 from sparse_bnn.compact.keep import check_keep
 
 __all__ = ["CompressionReport", "LatencyRow", "LayerCompression", "compression_report",
-           "count_macs", "count_params", "forward_latency", "jaxpr_macs"]
+           "count_macs", "count_params", "forward_latency", "jaxpr_macs", "run_times"]
 
 
 # ----------------------------------------------------------------------------- counting
@@ -225,6 +225,15 @@ class CompressionReport:
 
 def _ms(seconds: float) -> str:
     return f"{1e3 * seconds:.3f} ms"
+
+
+def run_times(metrics: Mapping[str, Any]) -> str:
+    """``"12.3s training, 45.6s compiling"`` from a run's metrics (``training_seconds``, and
+    ``compile_seconds`` where recorded: XLA compilation of the epoch programs, after each shrink too)."""
+    text = f"{float(metrics.get('training_seconds') or 0):.1f}s training"
+    if isinstance(metrics.get("compile_seconds"), (int, float)):
+        text += f", {float(metrics['compile_seconds']):.1f}s compiling"
+    return text
 
 
 def compression_report(net: nnx.Module, compact_net: nnx.Module, keep: Mapping[str, Any],

@@ -1,10 +1,16 @@
 """The structured mean-field guide of ``math.md`` §3.
 
 * ``q(z_lj) = Bernoulli(sigmoid(theta_lj))``, sampled through the binary Concrete relaxation
-  at temperature ``T``; the hard (straight-through) variant is exactly Bernoulli forward.
-* ``q(w~) = N(loc, softplus(rho)^2)`` per weight, ``loc`` at the network's fan-in initialisation;
-  its noise comes from ``options.weight_noise`` (:mod:`sparse_bnn.core.noise`).
+  at temperature ``T``; the hard (straight-through) variant is exactly Bernoulli forward
+  (:class:`~sparse_bnn.core.distributions.RelaxedIndicator`).
+* ``q(w~ | z = 1) = N(loc, softplus(rho)^2)`` per weight, ``loc`` at the network's fan-in
+  initialisation, its noise from ``options.weight_noise`` (:mod:`sparse_bnn.core.noise`);
+  ``q(w~ | z = 0)`` is the prior (:class:`~sparse_bnn.core.distributions.GatedNormal`), as for
+  units and weights the masks switch off.
 * ``q(scale) = LogNormal(loc, softplus(rho)^2)`` per scale site.
+
+Every latent site is tagged and named as :func:`sparse_bnn.core.sites.latent_sites` says, so any
+NumPyro ELBO scores the guide against the model consistently with the closed-form KL.
 
 Variational parameter names (:mod:`sparse_bnn.core.spec`): ``{site}.loc`` / ``{site}.rho`` for normal
 and log-normal factors, ``{layer}.z.logit`` for the indicators. The functions take any
@@ -17,51 +23,15 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
-from numpyro.distributions import constraints
 
-from sparse_bnn.nets.base import unit_broadcast
+from sparse_bnn.nets.base import Path, unit_broadcast
+from sparse_bnn.core.distributions import ConcreteBernoulli, GatedNormal, RelaxedIndicator, indicator_event
 from sparse_bnn.core.noise import WEIGHT_NOISE
-from sparse_bnn.core.spec import (NOISE_SITE, ModelSpec, indicator_site, lognormal_factors, loc_param, logit_param,
-                                  rho_param, scale_site_names, softplus, weight_site)
+from sparse_bnn.core.sites import latent_sites
+from sparse_bnn.core.spec import (NOISE_SITE, Masks, ModelSpec, indicator_site, lognormal_factors, loc_param,
+                                  logit_param, rho_param, scale_site_names, softplus, weight_site)
 
-__all__ = ["ConcreteBernoulli", "init_params", "lognormal_factors", "sample_guide", "softplus"]
-
-
-class ConcreteBernoulli(dist.Distribution):
-    """Binary Concrete (relaxed Bernoulli) with logits ``theta`` and temperature ``T``.
-
-    ``y = sigmoid((theta + log U - log(1 - U)) / T)``, ``U ~ Uniform(0, 1)``. With ``hard=True``
-    the sample is ``1[y > 0.5]`` forward with ``y``'s gradient backward (straight-through), which
-    is an exact ``Bernoulli(sigmoid(theta))`` draw.
-    """
-
-    arg_constraints = {"logits": constraints.real}
-    support = constraints.unit_interval
-    reparametrized_params = ["logits"]
-
-    def __init__(self, logits, temperature: float = 0.5, hard: bool = True, *, validate_args=None):
-        self.logits, self.temperature, self.hard = logits, temperature, hard
-        super().__init__(batch_shape=jnp.shape(logits), validate_args=validate_args)
-
-    def sample(self, key, sample_shape=()):
-        shape = sample_shape + self.batch_shape
-        u = jax.random.uniform(key, shape, minval=jnp.finfo(jnp.float32).tiny, maxval=1.0)
-        soft = jax.nn.sigmoid((self.logits + jnp.log(u) - jnp.log1p(-u)) / self.temperature)
-        if not self.hard:
-            return soft
-        hard = (soft > 0.5).astype(soft.dtype)
-        return soft + jax.lax.stop_gradient(hard - soft)
-
-    def log_prob(self, value):
-        """Concrete density of a soft value (the hard variant has no density; use the analytic KL)."""
-        t, a = self.temperature, self.logits
-        log_y, log_1my = jnp.log(value), jnp.log1p(-value)
-        return (jnp.log(t) + a - (t + 1) * (log_y + log_1my)
-                - 2 * jnp.logaddexp(a - t * log_y, -t * log_1my))
-
-    @property
-    def mean(self):
-        return jax.nn.sigmoid(self.logits)
+__all__ = ["ConcreteBernoulli", "init_params", "lognormal_factors", "sample_guide", "softplus", "weight_prior_std"]
 
 
 def init_params(bnn: ModelSpec) -> dict[str, jax.Array]:
@@ -95,20 +65,49 @@ def init_params(bnn: ModelSpec) -> dict[str, jax.Array]:
     return params
 
 
-def sample_guide(bnn: ModelSpec) -> dict[str, jax.Array]:
+def sample_guide(bnn: ModelSpec, masks: Masks | None = None) -> dict[str, jax.Array]:
     """The guide body: ``numpyro.param`` + ``numpyro.sample`` of every latent site.
 
-    Returns ``{site: value}``. Under ``options.partitionable_noise`` (when set) as
-    ``jax_threefry_partitionable``.
+    Returns ``{site: value}`` (site names within the model, without its ``name``). Under
+    ``options.partitionable_noise`` (when set) as ``jax_threefry_partitionable``.
     """
     partitionable = bnn.options.partitionable_noise
-    if partitionable is None:
-        return _sample_sites(bnn)
-    with jax.threefry_partitionable(partitionable):
-        return _sample_sites(bnn)
+    with latent_sites(bnn, masks):
+        if partitionable is None:
+            return _sample_sites(bnn, masks or Masks())
+        with jax.threefry_partitionable(partitionable):
+            return _sample_sites(bnn, masks or Masks())
 
 
-def _sample_sites(bnn: ModelSpec) -> dict[str, jax.Array]:
+def weight_prior_std(bnn: ModelSpec, path: Path, values) -> jax.Array:
+    """The model's prior standard deviation of the weight site at ``path`` given the scale
+    sites' ``values``: the slab ``sigma_0``, times the unit's weight scale in the centred form."""
+    shape = bnn.shapes[path]
+    std = bnn.prior.slab_std(shape)
+    if bnn.options.centred and path in bnn.owner:
+        layer, axis = bnn.owner[path]
+        std = std * unit_broadcast(bnn.prior.weight_scale(values, layer), len(shape), axis)
+    return std
+
+
+def _weight_gate(bnn: ModelSpec, path: Path, values, masks: Masks) -> jax.Array | None:
+    """The 0/1 gate of ``q(w~ | z)`` at ``path`` (indicator event times masks), ``None`` if always 1."""
+    site, gate = weight_site(path), None
+    if path in bnn.owner:
+        layer, axis = bnn.owner[path]
+        unit_gate = None
+        if bnn.samples_indicator(layer):
+            unit_gate = indicator_event(values[indicator_site(layer.name)])
+        if layer.name in masks.units:
+            unit_gate = masks.units[layer.name] if unit_gate is None else unit_gate * masks.units[layer.name]
+        if unit_gate is not None:
+            gate = unit_broadcast(unit_gate, len(bnn.shapes[path]), axis)
+    if site in masks.weights:
+        gate = masks.weights[site] if gate is None else gate * masks.weights[site]
+    return gate
+
+
+def _sample_sites(bnn: ModelSpec, masks: Masks) -> dict[str, jax.Array]:
     options, init = bnn.options, bnn.initial_params
 
     def param(name):
@@ -122,11 +121,16 @@ def _sample_sites(bnn: ModelSpec) -> dict[str, jax.Array]:
         if not bnn.samples_indicator(layer):
             continue
         site = indicator_site(layer.name)
-        values[site] = numpyro.sample(
-            site, ConcreteBernoulli(param(logit_param(layer.name)), options.temperature, options.hard).to_event(1))
+        indicator = RelaxedIndicator(param(logit_param(layer.name)), options.temperature, options.hard,
+                                     masks.units.get(layer.name))
+        values[site] = numpyro.sample(site, indicator.to_event(1))
     weight_noise = WEIGHT_NOISE[options.weight_noise]
     for path, shape in bnn.shapes.items():
         site = weight_site(path)
         loc, scale = param(loc_param(site)), softplus(param(rho_param(site)))
-        values[site] = numpyro.sample(site, weight_noise(loc, scale).to_event(len(shape)))
+        slab = weight_noise(loc, scale)
+        gate = _weight_gate(bnn, path, values, masks)
+        if gate is not None:
+            slab = GatedNormal(slab, gate, dist.Normal(0.0, weight_prior_std(bnn, path, values)))
+        values[site] = numpyro.sample(site, slab.to_event(len(shape)))
     return values

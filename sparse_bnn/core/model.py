@@ -6,7 +6,9 @@
 Site names (:mod:`sparse_bnn.core.spec`): ``{layer}.z`` (node indicators ``[units]``), the network's
 parameter paths for the weights (``layers.0.kernel``: ``w~`` in the non-centred form, ``w`` in the
 centred form), the prior's scale sites (``{layer}.tau2``, ``lam2``, ``{layer}.s2_a``, ``t2_a``, ...),
-``noise`` for a learned Gaussian noise scale, and ``y`` for the observations.
+``noise`` for a learned Gaussian noise scale, ``y`` for the observations, and the deterministic
+``logits`` and ``probs`` (categorical) or ``mean`` (gaussian) of the network's outputs. With
+``name="enc"`` every site and parameter is ``enc.{name}``, so several models share one NumPyro model.
 
 The guide and the KL live in :mod:`sparse_bnn.core.guide` and :mod:`sparse_bnn.core.elbo`, which read only
 :mod:`sparse_bnn.core.spec` and the model object; this module assembles them into
@@ -15,20 +17,27 @@ The guide and the KL live in :mod:`sparse_bnn.core.guide` and :mod:`sparse_bnn.c
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Mapping
+from typing import Callable, Mapping, TypeVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from flax import nnx
 
 from sparse_bnn.core import elbo as elbo_lib, guide as guide_lib
+from sparse_bnn.core.distributions import RelaxedIndicator
 from sparse_bnn.core.inclusion import layer_inclusion_probs
+from sparse_bnn.core.sites import latent_sites, model_scope
+from sparse_bnn.nets.declare import declare_units
 from sparse_bnn.nets.base import FunctionalNet, Path, UnitLayer, unit_broadcast
 from sparse_bnn.priors.base import Prior
-from sparse_bnn.core.spec import (LIKELIHOODS, NOISE_PRIOR_SCALE, NOISE_SITE, OBS_SITE, Masks, ModelOptions,
-                                  UnitStructure, indicator_site, weight_site)
+from sparse_bnn.core.spec import (LIKELIHOODS, LOGITS_SITE, MEAN_SITE, NOISE_PRIOR_SCALE, NOISE_SITE, OBS_SITE,
+                                  PROBS_SITE, Masks, ModelOptions, UnitStructure, indicator_site, scoped_name,
+                                  weight_site)
+
+Value = TypeVar("Value")
 
 __all__ = ["LIKELIHOODS", "Masks", "ModelOptions", "NOISE_PRIOR_SCALE", "SparseBNN"]
 
@@ -72,6 +81,13 @@ class SparseBNN:
       partitionable_noise: with ``weight_noise="threefry"`` only: ``jax_threefry_partitionable``
         while the guide draws its noise; ``None`` (default) follows JAX's global setting.
         ``False`` makes threefry hash once per two normals instead of once per normal.
+      kl_weight: ``beta`` of the tempered objective ``E_q[log p(y | w)] - beta * KL(q || p)``;
+        1 (default) is the ELBO of the Bayesian posterior, another value targets a tempered
+        posterior instead (the likelihood counts ``1 / beta`` times), not that of the stated prior.
+      name: prefix of every site and parameter (``"enc"`` -> ``enc.t2_a``, ``enc.t2_a.loc``), so
+        that two models live in one NumPyro model; ``None`` (default) keeps the bare names.
+      example_input: an input batch for a plain NNX module without ``unit_layers()``: its unit
+        layers are inferred and checked (:func:`sparse_bnn.nets.declare.declare_units`).
 
     The options from ``likelihood`` on are held, checked, in ``options``
     (:class:`sparse_bnn.core.spec.ModelOptions`) and read as attributes (``bnn.centred``); the network's
@@ -89,18 +105,23 @@ class SparseBNN:
     freeze_indicators = _Option()
     weight_noise = _Option()
     partitionable_noise = _Option()
+    kl_weight = _Option()
+    name = _Option()
 
     def __init__(self, net: nnx.Module, prior: Prior, n_data: int, *, likelihood: str = "categorical",
                  noise: float | None = None, inclusion: str | float | Mapping[str, float] = "theory",
                  centred: bool = False, temperature: float = 0.5, hard: bool = True,
                  init_inclusion: float = 0.99, rho_init: float = -6.0, freeze_indicators: bool = False,
-                 weight_noise: str = "hash", partitionable_noise: bool | None = None):
+                 weight_noise: str = "hash", partitionable_noise: bool | None = None, kl_weight: float = 1.0,
+                 name: str | None = None, example_input: jax.Array | None = None):
         if int(n_data) <= 0:
             raise ValueError(f"n_data must be a positive integer, got {n_data}")
         self.options = ModelOptions(
             likelihood=likelihood, noise=noise, centred=centred, temperature=temperature, hard=hard,
             init_inclusion=init_inclusion, rho_init=rho_init, freeze_indicators=freeze_indicators,
-            weight_noise=weight_noise, partitionable_noise=partitionable_noise)
+            weight_noise=weight_noise, partitionable_noise=partitionable_noise, kl_weight=kl_weight, name=name)
+        if example_input is not None or not callable(getattr(net, "unit_layers", None)):
+            net = declare_units(net, example_input)  # any NNX module: infer its unit layers
         self.net, self.prior, self.n_data = net, prior, int(n_data)
         self.functional = FunctionalNet(net)
         self.layers, self.shapes, self.owner, self.free_paths = UnitStructure.of(net, self.functional)
@@ -142,6 +163,21 @@ class SparseBNN:
         """The sample site of the parameter at ``path`` (:func:`sparse_bnn.core.spec.weight_site`)."""
         return weight_site(path)
 
+    def site_name(self, name: str) -> str:
+        """The name NumPyro knows a site or parameter of this model by: ``{self.name}.{name}``,
+        or ``name`` itself for an unnamed model."""
+        return scoped_name(self.name, name)
+
+    def local_names(self, mapping: Mapping[str, Value], prefix: str = "") -> Mapping[str, Value]:
+        """``mapping`` (``{NumPyro name: value}``, e.g. ``svi.get_params(state)``) restricted to this
+        model's entries and keyed by their names within it (``enc.t2_a.loc`` -> ``t2_a.loc``).
+        ``prefix``: that of an enclosing ``numpyro.handlers.scope`` (``"outer/"``). An unnamed model
+        without a prefix returns ``mapping`` itself."""
+        full = prefix + scoped_name(self.name, "")
+        if not full:
+            return mapping
+        return {k[len(full):]: v for k, v in mapping.items() if k.startswith(full)}
+
     def samples_indicator(self, layer: UnitLayer) -> bool:
         """Whether ``{layer}.z`` is a latent site (indicated and not frozen)."""
         return self.prior.is_indicated(layer) and not self.freeze_indicators
@@ -180,15 +216,26 @@ class SparseBNN:
 
     # -- the NumPyro model ----------------------------------------------------------------------
 
-    def sample_latents(self) -> dict[str, jax.Array]:
-        """``numpyro.sample`` of every latent site from the prior, in dependency order."""
+    def sample_latents(self, masks: Masks | None = None) -> dict[str, jax.Array]:
+        """``numpyro.sample`` of every latent site from the prior, in dependency order; returns
+        ``{site: value}`` keyed by the names within this model. The indicators' prior is the
+        guide's kind of relaxed Bernoulli (:class:`~sparse_bnn.core.distributions.RelaxedIndicator`,
+        logits ``logit(lambda_l)``), whose units ``masks`` switch off leave the KL."""
+        with latent_sites(self, masks):
+            return self._sample_latents(masks or Masks())
+
+    def _sample_latents(self, masks: Masks) -> dict[str, jax.Array]:
         values = dict(self.prior.sample_scales(self.layers))
+        if self.learns_noise:  # the guide's order: scales, noise, indicators, weights
+            values[NOISE_SITE] = numpyro.sample(NOISE_SITE, dist.HalfNormal(NOISE_PRIOR_SCALE))
         for layer in self.indicated_layers:
             if not self.samples_indicator(layer):
                 continue
-            probs = jnp.full((layer.units,), self.inclusion[layer.name])
+            p = self.inclusion[layer.name]
+            logits = jnp.full((layer.units,), float(np.log(p) - np.log1p(-p)), jnp.float32)
+            prior = RelaxedIndicator(logits, self.temperature, self.hard, masks.units.get(layer.name))
             site = indicator_site(layer.name)
-            values[site] = numpyro.sample(site, dist.Bernoulli(probs=probs).to_event(1))
+            values[site] = numpyro.sample(site, prior.to_event(1))
         for path, shape in self.shapes.items():
             scale = self.prior.slab_std(shape)
             if self.centred and path in self.owner:
@@ -196,21 +243,35 @@ class SparseBNN:
                 scale = scale * unit_broadcast(self.prior.weight_scale(values, layer), len(shape), axis)
             site = weight_site(path)
             values[site] = numpyro.sample(site, dist.Normal(0.0, scale).to_event(len(shape)))
-        if self.learns_noise:
-            values[NOISE_SITE] = numpyro.sample(NOISE_SITE, dist.HalfNormal(NOISE_PRIOR_SCALE))
         return values
 
     def observe(self, outputs: jax.Array, y: jax.Array | None, values: Mapping[str, jax.Array]) -> None:
-        """The likelihood ``p(y | x, w)`` of a minibatch, scaled to ``n_data`` points."""
+        """The likelihood ``p(y | x, w)`` of a minibatch, scaled to ``n_data`` points, and the
+        deterministic sites of what it predicts: ``logits`` and ``probs [B, C]`` (categorical) or
+        ``mean [B, out]`` (gaussian). A subclass with another likelihood overrides this (and
+        :meth:`predicted_mean`, which validation reads)."""
         batch = outputs.shape[0]
-        with numpyro.plate("data", self.n_data, subsample_size=batch):
+        with model_scope(self):
             if self.likelihood == "categorical":
-                numpyro.sample(OBS_SITE, dist.Categorical(logits=outputs), obs=y)
+                numpyro.deterministic(LOGITS_SITE, outputs)
+                numpyro.deterministic(PROBS_SITE, jax.nn.softmax(outputs, axis=-1))
             else:
-                noise = values[NOISE_SITE] if self.learns_noise else self.noise
-                mean = outputs.reshape(batch, -1)
-                numpyro.sample(OBS_SITE, dist.Normal(mean, noise).to_event(1),
-                               obs=None if y is None else y.reshape(batch, -1))
+                numpyro.deterministic(MEAN_SITE, self.predicted_mean(outputs))
+            with numpyro.plate("data", self.n_data, subsample_size=batch):
+                if self.likelihood == "categorical":
+                    numpyro.sample(OBS_SITE, dist.Categorical(logits=outputs), obs=y)
+                else:
+                    noise = values[NOISE_SITE] if self.learns_noise else self.noise
+                    mean = outputs.reshape(batch, -1)
+                    numpyro.sample(OBS_SITE, dist.Normal(mean, noise).to_event(1),
+                                   obs=None if y is None else y.reshape(batch, -1))
+
+    def predicted_mean(self, outputs: jax.Array) -> jax.Array:
+        """``[B, out]``: the mean of ``y`` the likelihood predicts from the network's outputs
+        ``[B, ...]`` (the Gaussian likelihood's: the outputs themselves). Validation's RMSE
+        compares it with the targets; a subclass whose :meth:`observe` reads the outputs
+        otherwise (a heteroscedastic or a robust likelihood) overrides it."""
+        return outputs.reshape(outputs.shape[0], -1)
 
     def model(self, x: jax.Array, y: jax.Array | None = None, masks: Masks | None = None) -> jax.Array:
         """NumPyro model: latents from the prior, then ``y ~ p(y | net(x; w))``.
@@ -218,7 +279,7 @@ class SparseBNN:
         Shapes: ``x [B, ...]`` (the network's input), ``y [B]`` labels or ``[B, out]`` targets.
         Returns the network outputs ``[B, out]``.
         """
-        values = self.sample_latents()
+        values = self.sample_latents(masks)
         outputs = self.functional.apply(self.effective_params(values, masks), x)
         self.observe(outputs, y, values)
         return outputs
@@ -227,24 +288,32 @@ class SparseBNN:
 
     def guide(self, x: jax.Array | None = None, y: jax.Array | None = None,
               masks: Masks | None = None) -> dict[str, jax.Array]:
-        """NumPyro guide: the structured mean field of ``math.md`` §3."""
-        return guide_lib.sample_guide(self)
+        """NumPyro guide: the structured mean field of ``math.md`` §3 (``masks``: units and
+        weights switched off, where the guide is the prior)."""
+        return guide_lib.sample_guide(self, masks)
 
     def init_params(self) -> dict[str, jax.Array]:
-        """Initial variational parameters ``{name: array}`` (the guide's ``numpyro.param`` sites)."""
-        return guide_lib.init_params(self)
+        """Initial variational parameters ``{name: array}`` (the guide's ``numpyro.param`` sites,
+        named as NumPyro knows them: :meth:`site_name`)."""
+        params = guide_lib.init_params(self)
+        return params if self.name is None else {self.site_name(k): v for k, v in params.items()}
 
     @property
     def initial_params(self) -> Mapping[str, jax.Array]:
-        """:meth:`init_params`, computed once per model (and options): the guide's initial values."""
+        """The guide's initial values ``{name within the model: array}``, computed once per model
+        (and options)."""
         if self._initial_params is None:
-            self._initial_params = self.init_params()
+            self._initial_params = guide_lib.init_params(self)
         return self._initial_params
 
-    def kl(self, params: Mapping[str, jax.Array], masks: Masks | None = None) -> jax.Array:
-        """Closed-form ``KL(q || p)`` of all latents (``math.md`` §4)."""
-        return elbo_lib.analytic_kl(self, params, masks)
+    @elbo_lib.closed_form_of_library_sites
+    def kl(self, params: Mapping[str, jax.Array], masks: Masks | None = None, *, prefix: str = "") -> jax.Array:
+        """Closed-form ``KL(q || p)`` of all of this model's latents (``math.md`` §4), from
+        ``params`` as NumPyro names them (``prefix``: an enclosing scope's, see
+        :meth:`local_names`). Not weighted by ``kl_weight``: the ELBOs apply that."""
+        return elbo_lib.analytic_kl(self, self.local_names(params, prefix), masks)
 
-    def elbo(self) -> elbo_lib.AnalyticKLELBO:
-        """The NumPyro ELBO objective with this model's closed-form KL."""
-        return elbo_lib.AnalyticKLELBO(self.kl)
+    def elbo(self, num_particles: int = 1) -> elbo_lib.AnalyticKLELBO:
+        """The NumPyro ELBO with this model's KL in closed form, every other latent site of the
+        model and guide by Monte Carlo (:class:`~sparse_bnn.core.elbo.AnalyticKLELBO`)."""
+        return elbo_lib.AnalyticKLELBO(self.kl, num_particles=num_particles)

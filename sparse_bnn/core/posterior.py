@@ -4,6 +4,10 @@ Inclusion probabilities, the median-probability model with posterior-mean weight
 folded in), posterior samples of the network's parameters, and predictions by Bayesian model
 averaging over ``S`` samples. (:func:`batched` and :func:`sampled_outputs`, which need no model,
 live in :mod:`sparse_bnn.compact.io`; they are importable from here too.)
+
+Every function takes the variational parameters as NumPyro names them (``svi.get_params``,
+``FitResult.params``): a model made with ``name="enc"`` reads its ``enc.*`` entries
+(:meth:`~sparse_bnn.core.model.SparseBNN.local_names`).
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from sparse_bnn.core.spec import NOISE_SITE, Masks, lognormal_factors, loc_param
 
 def inclusion_probs(bnn: SparseBNN, params: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
     """``{layer: gamma [units]}`` for every layer with (trainable) indicators."""
+    params = bnn.local_names(params)
     return {l.name: jax.nn.sigmoid(params[logit_param(l.name)]) for l in bnn.indicated_layers
             if bnn.samples_indicator(l)}
 
@@ -33,7 +38,7 @@ def keep_masks(bnn: SparseBNN, params: Mapping[str, jax.Array], threshold: float
     and no mask has switched it off. With frozen indicators the unit masks decide alone."""
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be in (0, 1), got {threshold}")
-    masks = masks or Masks()
+    masks, params = masks or Masks(), bnn.local_names(params)
     keep = {}
     for layer in bnn.layers[:-1]:
         kept = None
@@ -51,9 +56,9 @@ def expected_weight_scales(bnn: SparseBNN, params: Mapping[str, jax.Array], n_sa
                            seed_: int = 0) -> dict[str, jax.Array]:
     """``E_q[scale]`` per layer: the prior's closed form (``Prior.expected_weight_scale``) where
     it has one, else the mean over ``n_samples`` draws of the log-normal scale factors (fixed
-    seed; :func:`sparse_bnn.core.noise.hash_normal` noise, whose program compiles ~3x faster than
+    seed; :func:`sparse_bnn.core.noise.hash_normal` noise, whose program compiles faster than
     threefry's: this runs inside every validation program a training run compiles)."""
-    factors = lognormal_factors(bnn, params)
+    factors = lognormal_factors(bnn, bnn.local_names(params))
     scales = {layer.name: bnn.prior.expected_weight_scale(factors, layer) for layer in bnn.layers}
     missing = [layer for layer in bnn.layers if scales[layer.name] is None]
     if missing:
@@ -76,6 +81,7 @@ def posterior_mean_params(bnn: SparseBNN, params: Mapping[str, jax.Array], thres
     masks = masks or Masks()
     keep = keep_masks(bnn, params, threshold, masks)
     scales = expected_weight_scales(bnn, params) if not bnn.centred else {}
+    params = bnn.local_names(params)
     weights = {}
     for path in bnn.shapes:
         site = weight_site(path)
@@ -93,9 +99,10 @@ def posterior_mean_params(bnn: SparseBNN, params: Mapping[str, jax.Array], thres
 
 
 def sample_latents(bnn: SparseBNN, params: Mapping[str, jax.Array], key: jax.Array) -> dict[str, jax.Array]:
-    """One joint draw of every latent site from the guide (indicators exactly Bernoulli)."""
+    """One joint draw of every latent site from the guide (indicators exactly Bernoulli), keyed
+    by the sites' names within the model."""
     guide_trace = trace(substitute(seed(bnn.guide, key), data=params)).get_trace()
-    return {name: site["value"] for name, site in guide_trace.items() if site["type"] == "sample"}
+    return bnn.local_names({name: site["value"] for name, site in guide_trace.items() if site["type"] == "sample"})
 
 
 def sample_params(bnn: SparseBNN, params: Mapping[str, jax.Array], key: jax.Array, n_samples: int = 10,
@@ -140,4 +147,4 @@ def noise_scale(bnn: SparseBNN, params: Mapping[str, jax.Array]) -> float:
     """The Gaussian likelihood's noise: fixed, or the posterior median of the learned one."""
     if bnn.likelihood != "gaussian":
         raise ValueError("noise_scale is for the gaussian likelihood")
-    return float(bnn.noise) if bnn.noise is not None else float(jnp.exp(params[loc_param(NOISE_SITE)]))
+    return float(bnn.noise) if bnn.noise is not None else float(jnp.exp(bnn.local_names(params)[loc_param(NOISE_SITE)]))

@@ -10,6 +10,8 @@ to assemble ``SparseBNN.guide``/``kl``/``elbo``. What they share:
   relaxation, initial guide scales, frozen indicators, weight noise);
 * :class:`UnitStructure`: the network's unit layers and which layer owns each parameter;
 * :class:`Masks`: fixed 0/1 masks passed to model, guide and KL as data;
+* :class:`LibrarySite`: the tag every latent site of the model and the guide carries in its
+  ``infer`` dict (key :data:`LIBRARY_SITE`), by which an ELBO finds the sites it has in closed form;
 * site and parameter names, in one place:
 
   ================================  =====================================================
@@ -19,14 +21,17 @@ to assemble ``SparseBNN.guide``/``kl``/``elbo``. What they share:
   ``rho_param(site)``               ``{site}.rho``: its ``std = softplus(rho)``
   ``logit_param(layer)``            ``dense0.z.logit``: ``theta``, ``gamma = sigmoid(theta)``
   ``NOISE_SITE``, ``OBS_SITE``      ``noise`` (learned Gaussian noise scale), ``y``
+  ``LOGITS_SITE``, ``PROBS_SITE``   deterministic ``logits``, ``probs`` ``[B, C]`` (categorical)
+  ``MEAN_SITE``                     deterministic ``mean`` ``[B, out]`` (gaussian)
   ================================  =====================================================
 
-  A prior names its own scale sites (``{layer}.tau2``, ``lam2``, ``{layer}.s2_a``, ...).
+  A prior names its own scale sites (``{layer}.tau2``, ``lam2``, ``{layer}.s2_a``, ...). A model
+  with ``name="enc"`` puts ``enc.`` before every one of them (:func:`scoped_name`).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, NamedTuple, Protocol
+from typing import Any, Mapping, NamedTuple, Protocol
 
 import jax
 import numpy as np
@@ -43,6 +48,8 @@ NOISE_PRIOR_SCALE = 1.0  # a learned Gaussian noise scale has the prior HalfNorm
 
 NOISE_SITE = "noise"
 OBS_SITE = "y"
+LOGITS_SITE, PROBS_SITE, MEAN_SITE = "logits", "probs", "mean"
+LIBRARY_SITE = "sparse_bnn"  # the key of a LibrarySite in a sample site's infer dict
 LOC, RHO, LOGIT = "loc", "rho", "logit"
 VARIATIONAL_SUFFIXES = (LOC, RHO, LOGIT)
 
@@ -76,6 +83,11 @@ def logit_param(layer: str) -> str:
 INDICATOR_LOGIT_SUFFIX = logit_param("")  # ".z.logit": how an indicator logit's name ends
 
 
+def scoped_name(name: str | None, site: str) -> str:
+    """``{name}.{site}``: a site or parameter name of a model named ``name`` (``site`` if ``None``)."""
+    return site if name is None else f"{name}.{site}"
+
+
 def softplus(rho):
     """A factor's standard deviation from its ``rho`` parameter (elementwise)."""
     return jax.nn.softplus(rho)
@@ -98,6 +110,17 @@ class Masks(NamedTuple):
     weights: dict[str, jax.Array] = {}
 
 
+class LibrarySite(NamedTuple):
+    """What the tag ``infer[LIBRARY_SITE]`` of a latent site says: the ``model`` (a
+    :class:`ModelSpec`) it belongs to, its ``name`` within that model (without the model's
+    ``name`` or an enclosing scope's prefix: the trace's name ends with it), and the ``masks``
+    the model or guide was called with."""
+
+    model: Any
+    name: str
+    masks: Masks | None
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelOptions:
     """The options of a :class:`sparse_bnn.core.model.SparseBNN` that model, guide and ELBO read.
@@ -117,6 +140,8 @@ class ModelOptions:
     freeze_indicators: bool = False
     weight_noise: str = "hash"
     partitionable_noise: bool | None = None
+    kl_weight: float = 1.0
+    name: str | None = None
 
     def __post_init__(self):
         if self.likelihood not in LIKELIHOODS:
@@ -133,10 +158,15 @@ class ModelOptions:
             raise ValueError(f"unknown weight_noise {self.weight_noise!r}; choose one of {tuple(WEIGHT_NOISE)}")
         if self.partitionable_noise is not None and self.weight_noise != "threefry":
             raise ValueError("partitionable_noise is a threefry setting; it needs weight_noise='threefry'")
+        if not (np.isfinite(self.kl_weight) and self.kl_weight > 0):
+            raise ValueError(f"kl_weight must be positive and finite (1: the Bayesian posterior), got {self.kl_weight}")
+        if self.name is not None and not (isinstance(self.name, str) and self.name):
+            raise ValueError(f"name must be a non-empty string (or None), got {self.name!r}")
         set_ = object.__setattr__  # normalise types on the frozen instance
         set_(self, "temperature", float(self.temperature))
         set_(self, "init_inclusion", float(self.init_inclusion))
         set_(self, "rho_init", float(self.rho_init))
+        set_(self, "kl_weight", float(self.kl_weight))
         if self.partitionable_noise is not None:
             set_(self, "partitionable_noise", bool(self.partitionable_noise))
 
@@ -216,7 +246,7 @@ def lognormal_factors(bnn: ModelSpec, params: Mapping[str, jax.Array]) -> dict[s
             for n in scale_site_names(bnn)}
 
 
-__all__ = ["INDICATOR_LOGIT_SUFFIX", "LIKELIHOODS", "LOC", "LOGIT", "Masks", "ModelOptions", "ModelSpec",
-           "NOISE_PRIOR_SCALE", "NOISE_SITE", "OBS_SITE", "RHO", "UnitStructure", "VARIATIONAL_SUFFIXES",
-           "indicator_site", "lognormal_factors", "logit_param", "loc_param", "rho_param", "scale_site_names",
-           "softplus", "weight_site"]
+__all__ = ["INDICATOR_LOGIT_SUFFIX", "LIBRARY_SITE", "LIKELIHOODS", "LOC", "LOGIT", "LOGITS_SITE", "LibrarySite",
+           "MEAN_SITE", "Masks", "ModelOptions", "ModelSpec", "NOISE_PRIOR_SCALE", "NOISE_SITE", "OBS_SITE",
+           "PROBS_SITE", "RHO", "UnitStructure", "VARIATIONAL_SUFFIXES", "indicator_site", "lognormal_factors",
+           "logit_param", "loc_param", "rho_param", "scale_site_names", "scoped_name", "softplus", "weight_site"]

@@ -43,8 +43,8 @@ from sparse_bnn.train.hooks import Hook
 from sparse_bnn.train.loop import fit
 from sparse_bnn.train.state import FitResult
 
-# SVI epochs before fit_with_bmr's first reduction (README, "BMR warm-up": on the Fashion-MNIST
-# MLP the shortest warm-ups keep the most accuracy)
+# SVI epochs before fit_with_bmr's first reduction (docs/tuning.md, "BMR warm-up": short
+# warm-ups keep the most accuracy)
 DEFAULT_WARMUP_EPOCHS = 5
 
 

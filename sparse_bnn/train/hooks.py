@@ -34,7 +34,7 @@ from sparse_bnn.train.distributed import place, replicated
 from sparse_bnn.core.model import Masks, SparseBNN
 from sparse_bnn.train.state import Fitting
 
-__all__ = ["Hook", "KeptUnits", "LoopInfo", "ProgressBar", "Validation", "kept_units", "order_hooks"]
+__all__ = ["Hook", "KeptUnits", "LoopInfo", "ProgressBar", "Validation", "format_kept", "kept_units", "order_hooks"]
 
 
 class LoopInfo(NamedTuple):
@@ -101,16 +101,29 @@ def kept_units(bnn: SparseBNN, params: Mapping[str, jax.Array], threshold: float
 
 
 class KeptUnits(Hook):
-    """Records ``kept``: units per hidden layer of the median-probability model."""
+    """Records ``kept``: units per hidden layer of the median-probability model. The progress bar
+    shows ``kept=15+33/800``: each layer's kept units, joined by ``+``, over the prunable units of
+    the network the fit started with."""
 
     name = "kept"
+
+    def init(self, fitting, info):
+        self._units_at_start = sum(layer.units for layer in fitting.bnn.layers[:-1])
+        return fitting, None
 
     def update(self, fitting, hook_state, record):
         return fitting, hook_state, {"kept": kept_units(fitting.bnn, fitting.state.params,
                                                         masks=fitting.state.masks)}
 
     def progress(self, record):
-        return {"kept": "+".join(map(str, record["kept"].values()))} if "kept" in record else {}
+        if "kept" not in record:
+            return {}
+        return {"kept": format_kept(record["kept"], getattr(self, "_units_at_start", None))}
+
+
+def format_kept(kept: Mapping[str, int], units_at_start: int | None = None) -> str:
+    """``"15+33/800"``: the kept units of each layer joined by ``+``, over ``units_at_start``."""
+    return "+".join(map(str, kept.values())) + ("" if units_at_start is None else f"/{units_at_start}")
 
 
 class Validation(Hook):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import numpy as np
@@ -32,7 +32,8 @@ CHECKPOINT_INTERVAL = 10.0
 Callback = Callable[[int, dict, TrainState], None]
 CompileEpoch = Callable[[SparseBNN, TrainState], Callable[[TrainState], tuple[TrainState, EpochStats]]]
 
-__all__ = ["CHECKPOINT_INTERVAL", "Checkpointer", "check_checkpoint_interval", "fit", "run_loop"]
+__all__ = ["CHECKPOINT_INTERVAL", "Checkpointer", "PreparedFit", "check_checkpoint_interval", "fit", "prepare_fit",
+           "run_loop", "run_prepared"]
 
 
 def check_checkpoint_interval(seconds: float) -> float:
@@ -70,14 +71,16 @@ def fit(bnn: SparseBNN, x, y, *, epochs: int, batch_size: int = 1024,
         init_params: Mapping[str, jax.Array] | None = None,
         checkpoint_interval: float = CHECKPOINT_INTERVAL, mesh: Mesh | None = None,
         devices: int | Sequence[jax.Device] | None = None,
-        streaming: bool | None = None, stream_chunk_steps: int | None = None) -> FitResult:
+        streaming: bool | None = None, stream_chunk_steps: int | None = None,
+        new_optimizer: bool = False) -> FitResult:
     """Fit ``bnn`` to ``(x, y)`` by SVI, data-parallel over a device mesh, with hooks between epochs.
 
     Args:
       bnn: the model (network + prior + likelihood).
       x: inputs ``[N, ...]``; y: labels ``[N]`` or targets ``[N]``/``[N, out]``.
       epochs: total epochs (a resumed run continues up to this number).
-      batch_size: minibatch size (the last incomplete batch of an epoch is dropped).
+      batch_size: minibatch size (the last incomplete batch of an epoch is dropped; at most the
+        number of examples: a larger one is cut to it, one step per epoch).
       optimizer: any optax transformation (default ``optax.adam(1e-3)``).
       seed: seeds initial shuffling and all guide noise.
       augment: ``(key, x_batch) -> x_batch`` applied inside the jitted step (e.g. flips).
@@ -104,12 +107,56 @@ def fit(bnn: SparseBNN, x, y, *, epochs: int, batch_size: int = 1024,
         chunks with prefetching; ``False`` puts the data on every device; ``None`` chooses by
         size (:func:`sparse_bnn.train.distributed.should_stream`). Both give the same result.
       stream_chunk_steps: minibatches per streamed chunk (default: about 64 MiB of inputs).
+      new_optimizer: resuming, ``optimizer`` differs from the one the checkpoint was written with
+        (other learning rates or schedule): keep the checkpoint's Adam moments and step count
+        (:func:`sparse_bnn.train.checkpoint.restore_state`).
 
     Returns:
       :class:`~sparse_bnn.train.state.FitResult`. Raises
       :class:`~sparse_bnn.train.state.DivergenceError` (holding the last good result) when the
       loss stops being finite; with ``checkpoint_dir`` that state is written first.
+
+    ``fit`` is :func:`run_prepared` of :func:`prepare_fit`, which checks every argument and
+    restores the checkpoint (checked against the model) before anything compiles or trains.
     """
+    return run_prepared(prepare_fit(
+        bnn, x, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer, seed=seed, augment=augment,
+        progress=progress, validation=validation, hooks=hooks, checkpoint_dir=checkpoint_dir, resume=resume,
+        callbacks=callbacks, masks=masks, init_params=init_params, checkpoint_interval=checkpoint_interval,
+        mesh=mesh, devices=devices, streaming=streaming, stream_chunk_steps=stream_chunk_steps,
+        new_optimizer=new_optimizer))
+
+
+class PreparedFit(NamedTuple):
+    """A :func:`fit` checked and ready to compile and train (:func:`prepare_fit`)."""
+
+    fitting: Fitting
+    hooks: tuple[Hook, ...]
+    hook_states: dict[str, Any]
+    history: list[dict]
+    epochs: int
+    mesh: Mesh
+    compile_epoch: CompileEpoch
+    checkpointer: Checkpointer | None
+    callbacks: tuple[Callback, ...]
+    progress: bool
+
+
+def prepare_fit(bnn: SparseBNN, x, y, *, epochs: int, batch_size: int = 1024,
+                optimizer: optax.GradientTransformation | None = None, seed: int = 0,
+                augment: Callable | None = None, progress: bool = True,
+                validation: tuple[Any, Any] | None = None, hooks: Sequence[Hook] = (),
+                checkpoint_dir: str | Path | None = None, resume: bool = False,
+                callbacks: Sequence[Callback] = (), masks: Masks | None = None,
+                init_params: Mapping[str, jax.Array] | None = None,
+                checkpoint_interval: float = CHECKPOINT_INTERVAL, mesh: Mesh | None = None,
+                devices: int | Sequence[jax.Device] | None = None,
+                streaming: bool | None = None, stream_chunk_steps: int | None = None,
+                new_optimizer: bool = False) -> PreparedFit:
+    """Check :func:`fit`'s arguments and prepare its loop: initialise the state and the hooks,
+    restore the checkpoint when resuming (``ValueError`` naming the first array that does not
+    fit the model), place the data. Nothing is compiled or trained yet: :func:`run_prepared`
+    does that. The arguments are :func:`fit`'s."""
     if int(epochs) < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
     if int(batch_size) <= 0:
@@ -139,16 +186,24 @@ def fit(bnn: SparseBNN, x, y, *, epochs: int, batch_size: int = 1024,
         for hook in hooks:
             if hook.name in saved.hooks:
                 fitting, hook_states[hook.name] = hook.restore(fitting, saved.hooks[hook.name], info)
-        fitting = fitting._replace(state=restore_state(fitting.state, saved, checkpoint_dir))
+        restored = restore_state(fitting.state, saved, checkpoint_dir, new_optimizer=new_optimizer)
+        fitting = fitting._replace(state=restored)
         history = saved.history
 
     if streaming is None:
         streaming = should_stream(x.nbytes + y.nbytes, mesh)
     data = training_data(x, y, mesh, batch_size, bool(streaming), stream_chunk_steps)
     checkpointer = Checkpointer(checkpoint_dir, checkpoint_interval) if checkpoint_dir is not None else None
-    return run_loop(fitting, hooks, hook_states, history, epochs=int(epochs), mesh=mesh,
-                    compile_epoch=lambda model, template: compile_epoch(model, optimizer, data, template, augment),
-                    checkpointer=checkpointer, callbacks=callbacks, progress=progress)
+    return PreparedFit(fitting, tuple(hooks), hook_states, history, int(epochs), mesh,
+                       lambda model, template: compile_epoch(model, optimizer, data, template, augment),
+                       checkpointer, tuple(callbacks), progress)
+
+
+def run_prepared(prepared: PreparedFit) -> FitResult:
+    """Compile and train a :func:`prepare_fit` (see :func:`fit`)."""
+    return run_loop(prepared.fitting, prepared.hooks, prepared.hook_states, prepared.history,
+                    epochs=prepared.epochs, mesh=prepared.mesh, compile_epoch=prepared.compile_epoch,
+                    checkpointer=prepared.checkpointer, callbacks=prepared.callbacks, progress=prepared.progress)
 
 
 def run_loop(fitting: Fitting, hooks: Sequence[Hook], hook_states: dict[str, Any], history: list[dict], *,

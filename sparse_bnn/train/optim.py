@@ -56,7 +56,8 @@ def svi_optimizer(learning_rate: float = 1e-3, indicator_learning_rate: float | 
     on the initial posterior scales (``SparseBNN(rho_init=...)``): with ``rho_init=-6`` the slab
     KL is large and one shared fast rate can switch every unit off, so indicators slower than the
     weights are safer; with ``rho_init=-3`` indicators faster than the weights (e.g. ``1e-2``
-    against ``3e-3``) decide units early and reach a lower loss (README, "Settings that prune").
+    against ``3e-3``) decide units early and reach a lower loss (docs/tuning.md, "Settings that
+    prune").
     """
     for name, value in (("learning_rate", learning_rate), ("indicator_learning_rate", indicator_learning_rate)):
         if value is not None and not (np.isfinite(value) and value > 0):

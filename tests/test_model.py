@@ -178,3 +178,42 @@ def test_unknown_prior_lists_choices():
 def test_non_positive_widths_raise(widths):
     with pytest.raises(ValueError, match="positive"):
         MLP(3, widths, 2, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("prior", ["ss-gl", "ss-ghs"])
+@pytest.mark.parametrize("kl_weight", [1.0, 0.5])
+def test_numpyros_own_elbos_estimate_the_closed_form_elbo(prior, kl_weight):
+    """Trace_ELBO (all Monte Carlo) and TraceMeanField_ELBO (KLs registered for the library's
+    distributions) estimate the same tempered objective as the library's closed-form ELBO."""
+    bnn = tiny_bnn(prior, n_data=6, kl_weight=kl_weight)
+    params = random_params(bnn, 3)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(6, 3)), jnp.float32)
+    y = jnp.array([0, 1, 1, 0, 1, 0])
+    particles = 4000
+    closed_form = float(bnn.elbo(num_particles=particles).loss(
+        jax.random.PRNGKey(1), params, bnn.model, bnn.guide, x, y))
+    for elbo in (numpyro.infer.Trace_ELBO, numpyro.infer.TraceMeanField_ELBO):
+        estimate = float(elbo(num_particles=particles, vectorize_particles=True).loss(
+            jax.random.PRNGKey(2), params, bnn.model, bnn.guide, x, y))
+        assert estimate == pytest.approx(closed_form, rel=2e-3), elbo.__name__
+    untempered = tiny_bnn(prior, n_data=6)
+    full = float(untempered.elbo(num_particles=particles).loss(
+        jax.random.PRNGKey(1), params, untempered.model, untempered.guide, x, y))
+    if kl_weight != 1.0:
+        assert closed_form < full - 1.0
+
+
+def test_a_named_model_prefixes_every_site_and_keeps_its_elbo():
+    """``name="enc"`` puts ``enc.`` before every site and parameter and changes nothing else."""
+    plain, named = tiny_bnn("ss-ghs", n_data=6), tiny_bnn("ss-ghs", n_data=6, name="enc")
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(6, 3)), jnp.float32)
+    y = jnp.array([0, 1, 1, 0, 1, 0])
+    plain_sites = set(trace(seed(plain.model, 0)).get_trace(x, y))
+    named_sites = set(trace(seed(named.model, 0)).get_trace(x, y))
+    assert named_sites == {f"enc.{site}" for site in plain_sites}
+    params = random_params(plain, 3)
+    named_params = {f"enc.{k}": v for k, v in params.items()}
+    assert set(named_params) == set(named.init_params())
+    key = jax.random.PRNGKey(5)
+    assert float(named.elbo().loss(key, named_params, named.model, named.guide, x, y)) == pytest.approx(
+        float(plain.elbo().loss(key, params, plain.model, plain.guide, x, y)), rel=1e-6)

@@ -64,7 +64,7 @@ print(data.summary())"""),
 inclusion probability of each hidden layer, `lambda_l`, follows the theory-driven default of
 `math.md` (tiny for wide layers)."""),
     ("code", """net = MLP(data.input_dim, WIDTHS, data.num_classes, rngs=nnx.Rngs(0))
-# posterior scales start at softplus(-3): see the README, "Settings that prune"
+# posterior scales start at softplus(-3): see docs/tuning.md, "Settings that prune"
 bnn = SparseBNN(net, get_prior("ss-ghs"), n_data=len(data.x_train), rho_init=-3.0)
 print("prior inclusion probabilities:", {k: float(v) for k, v in bnn.inclusion.items()})
 print("unit layers:", [(layer.name, layer.units, layer.prunable) for layer in bnn.layers])"""),

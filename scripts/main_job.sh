@@ -8,7 +8,7 @@
 #      trains (a few minutes on 2 CPU cores), ending with the compression table.
 #
 # Usage: scripts/main_job.sh            (again after an interruption: it resumes)
-# Settings (README, "Settings that prune"): posterior scales start at softplus(-3), weights
+# Settings (docs/tuning.md, "Settings that prune"): posterior scales start at softplus(-3), weights
 # learn at Adam 3e-3 and the indicators at 1e-2, so units are decided within ~60 epochs; with
 # --shrink the switched-off units are removed and the rest of the run trains a network of a few
 # dozen units. 300 epochs; peak resident memory about 1.5 GB.

@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import optax
 import pytest
@@ -277,3 +278,32 @@ def test_a_run_writes_history_csv_and_both_bma_figures_and_replays_with_config(t
     assert again["training"]["epochs"] == 1 and again["out"] == str(tmp_path / "again")
     assert {**again, "out": None, "training": {**again["training"], "epochs": None}} == \
         {**first, "out": None, "training": {**first["training"], "epochs": None}}
+
+
+def test_kl_weight_reaches_the_model_and_tempers_only_the_kl():
+    """``fit --kl-weight 0.5``: the run's model has ``kl_weight`` 0.5, and its closed-form loss is
+    the untempered one less half the (unweighted) KL, draw for draw."""
+    from sparse_bnn.data import load_dataset
+    from sparse_bnn.experiment.run import build_model, net_config
+    dataset = load_dataset("digits", n_train=120, n_test=30)
+    models = {}
+    for weight in ("1", "0.5"):
+        args = build_parser().parse_args(["fit", "--data", "digits", "--widths", "8,5", "--kl-weight", weight,
+                                           "--out", "unused"])
+        config = config_from_args(args)
+        assert config.model.kl_weight == float(weight)
+        models[weight] = build_model(config, dataset, net_config(config, dataset))
+    full, tempered = models["1"], models["0.5"]
+    assert tempered.options.kl_weight == 0.5 and full.options.kl_weight == 1.0
+    params = full.init_params()
+    x, y = dataset.x_train[:40], dataset.y_train[:40]
+    key = jax.random.PRNGKey(3)
+    losses = [float(bnn.elbo().loss(key, params, bnn.model, bnn.guide, x, y)) for bnn in (full, tempered)]
+    assert losses[0] - losses[1] == pytest.approx(0.5 * float(full.kl(params)), rel=1e-4)
+
+
+@pytest.mark.parametrize("weight", ["0", "-1", "nan"])
+def test_an_impossible_kl_weight_exits_2_naming_the_option(tmp_path, capsys, weight):
+    assert main(["fit", "--data", "digits", "--kl-weight", weight, "--out", str(tmp_path / "run")]) == 2
+    assert "kl" in capsys.readouterr().err.lower()
+    assert not (tmp_path / "run").exists()

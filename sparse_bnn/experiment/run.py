@@ -95,7 +95,7 @@ def build_model(config: RunConfig, dataset: Dataset, net_cfg: Mapping[str, Any],
                      likelihood=likelihood, noise=REGRESSION_LIKELIHOOD_NOISE, inclusion=inclusion,
                      centred=model.centred, temperature=model.temperature, hard=not model.soft,
                      rho_init=model.rho_init, freeze_indicators=freeze_indicators,
-                     weight_noise=model.weight_noise)
+                     weight_noise=model.weight_noise, kl_weight=model.kl_weight)
 
 
 def save_variational_params(path: Path, params: Mapping[str, jax.Array], masks: Masks) -> None:

@@ -123,6 +123,10 @@ class ModelConfig(Section):
                                     "jax.random.normal's threefry")
     soft: bool = option(False, help="soft Concrete relaxation instead of straight-through")
     centred: bool = option(False, help="centred parametrisation")
+    kl_weight: float = option(1.0, check=positive,
+                              help="KL weight beta of the tempered objective E[log p(y|w)] - beta * KL "
+                                   "(1: the Bayesian posterior of the stated prior; below 1 fits the data "
+                                   "more and prunes less, and is no longer that posterior)")
 
     def __post_init__(self):
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))

@@ -25,7 +25,7 @@ METHODS = {"ss-ghs": "SS-GHS", "ss-gl": "SS-GL", "ss-ig": "SS-IG", "gaussian": "
 SCRIPTS = {"fmnist": "benchmarks/fmnist.py", "bmr_vs_svi": "benchmarks/bmr_vs_svi.py",
            "shrink": "benchmarks/shrink.py", "step_time": "benchmarks/step_time.py",
            "latency": "benchmarks/latency.py", "scaling": "benchmarks/scaling.py",
-           "first_epochs": "benchmarks/first_epochs.py"}
+           "first_epochs": "benchmarks/first_epochs.py", "frontier": "benchmarks/frontier.py"}
 # What a JSON cannot say about itself: runs whose timings other jobs on the same cores inflated.
 NOTES = {
     "fmnist_cpu_lenet5caffe80_bmr": "training time inflated: the job was paused and shared the cores with other runs",
@@ -189,9 +189,24 @@ def first_epochs_rows(data: dict) -> list[str]:
             *table(["configuration", "compile s", "first epoch s", "last epoch s", "first epoch replayed s"], rows)]
 
 
+def frontier_rows(data: dict) -> list[str]:
+    """One row per point; a tempered posterior (``kl_weight != 1``) says so in its label."""
+    rows = [[r["label"], pct(r["accuracy"]), num(r.get("ece")), density(r["density"]),
+             num(r.get("flops_percent"), 1) + "%", speedup(r), num(r.get("training_seconds"), 0)]
+            for r in sorted(data["rows"], key=lambda r: (r["method"], -r["density"]))]
+    rows += [[f"{name} (reference)", pct(accuracy), UNKNOWN, density(share), UNKNOWN, UNKNOWN, UNKNOWN]
+             for name, accuracy, share in data.get("references", [])]
+    schedule = ", ".join(f"{k}={v}" for k, v in data.get("schedule", {}).items())
+    return [f"Net `{data.get('net', UNKNOWN)}`, {schedule}. Accuracy and ECE: the compact network's "
+            "Bayesian model average (deterministic rows: the compact network itself). `beta` is the KL "
+            "weight; a row marked (tempered) is not the posterior of its prior.", "",
+            *table(["point", "accuracy", "ECE", "density", "FLOPs", "speedup @1024", "train s"], rows)]
+
+
 RENDERERS: dict[str, Callable[[dict], list[str]]] = {
     "fmnist": fmnist_rows, "bmr_vs_svi": bmr_vs_svi_rows, "shrink": shrink_rows, "step_time": step_time_rows,
-    "latency": latency_rows, "scaling": scaling_rows, "first_epochs": first_epochs_rows}
+    "latency": latency_rows, "scaling": scaling_rows, "first_epochs": first_epochs_rows,
+    "frontier": frontier_rows}
 
 
 def find_row(results: dict[str, dict], stem: str, net: str | None, method: str) -> dict:

@@ -197,6 +197,7 @@ def deterministic_point(net_name: str, penalty: float, args: argparse.Namespace,
 
 def plot(net: str, rows: list[dict], path: Path) -> Path:
     """Accuracy and ECE against density, and accuracy against compact latency, one curve per method."""
+    from matplotlib import ticker
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     figure = Figure(figsize=(15, 4.5))
@@ -213,13 +214,18 @@ def plot(net: str, rows: list[dict], path: Path) -> Path:
                                   "o-", label=method)
     for name, accuracy, density in REFERENCES.get(net, []):
         accuracy_density.plot([100 * density], [100 * accuracy], "k*", markersize=10)
-        accuracy_density.annotate(name, (100 * density, 100 * accuracy), fontsize="small")
+        accuracy_density.annotate(name, (100 * density, 100 * accuracy), xytext=(-6, -12),
+                                  textcoords="offset points", ha="right", fontsize="small")
     accuracy_density.set(xscale="log", xlabel="parameters kept (%)", ylabel="test accuracy (%)",
                          title=f"{net}: accuracy against density")
     ece_density.set(xscale="log", xlabel="parameters kept (%)", ylabel="expected calibration error",
                     title=f"{net}: calibration against density")
     accuracy_latency.set(xscale="log", xlabel="compact forward latency at batch 1024 (ms)",
                          ylabel="test accuracy (%)", title=f"{net}: accuracy against latency")
+    for axis in (accuracy_density, ece_density, accuracy_latency):
+        axis.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        axis.xaxis.set_minor_formatter(ticker.NullFormatter())
+    accuracy_latency.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     accuracy_density.legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=110)

@@ -12,15 +12,21 @@
 # learn at Adam 3e-3 and the indicators at 1e-2, so units are decided within ~60 epochs; with
 # --shrink the switched-off units are removed and the rest of the run trains a network of a few
 # dozen units. 300 epochs; peak resident memory about 1.5 GB.
-# Environment: EPOCHS (default 300), OUT (default runs/fashion-mnist-ss-ghs), DATA (default
-# fashion-mnist; DATA=digits runs offline), PYTHON (interpreter that creates .venv), INSTALL=0
-# (skip the pip install into an existing .venv).
+# DATA=digits (offline: sklearn's 8x8 digits, 1,437 training images) trains an MLP 64-100-100-10
+# with other settings: there the fast indicators above switch the network off (1 + 2 units, 45%
+# test accuracy). One Adam rate of 1e-2 for weights and indicators, 600 epochs of batch 128 and
+# 100 fine-tuning epochs of the kept units give >= 94% test accuracy, BMA and compact (measured,
+# seeds 0 / 1 / 2: BMA 95.0 / 96.4 / 96.4%, compact 96.4 / 96.9 / 96.7%, 17 / 14 / 15 units kept;
+# under two minutes on 2 CPU cores).
+# Environment: EPOCHS (default 300; 600 for digits), OUT (default runs/fashion-mnist-ss-ghs, or
+# runs/DATA-ss-ghs), DATA (default fashion-mnist; DATA=digits runs offline), PYTHON (interpreter
+# that creates .venv), INSTALL=0 (skip the pip install into an existing .venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-EPOCHS="${EPOCHS:-300}"
-OUT="${OUT:-runs/fashion-mnist-ss-ghs}"
 DATA="${DATA:-fashion-mnist}"
+if [ "$DATA" = "fashion-mnist" ]; then EPOCHS="${EPOCHS:-300}"; else EPOCHS="${EPOCHS:-600}"; fi
+OUT="${OUT:-runs/$DATA-ss-ghs}"
 PYTHON="${PYTHON:-python3}"
 
 # 1. environment -----------------------------------------------------------------------------
@@ -61,15 +67,22 @@ if [ -f "$OUT/metrics.json" ]; then
 fi
 WIDTHS=400,400
 BATCH=1024
-if [ "$DATA" != "fashion-mnist" ]; then  # the offline sets are small: a smaller net and batch
-    WIDTHS=100,100
+RATES=(--lr 3e-3 --indicator-lr 1e-2)  # docs/tuning.md, "Settings that prune"
+if [ "$DATA" != "fashion-mnist" ]; then  # the offline sets are small: a smaller net and batch, and
+    WIDTHS=100,100                      # indicators no faster than the weights (see the top)
     BATCH=128
+    RATES=(--lr 1e-2 --fine-tune-epochs 100)
 fi
-echo "== fitting SS-GHS on $DATA, MLP widths $WIDTHS, $EPOCHS epochs -> $OUT"
-# a 10% validation split puts the accuracy in the progress bar next to loss and kept units
+RESUME=""  # --resume continues an interrupted run; a fresh --out has nothing to resume
+if [ -e "$OUT/config.json" ] || [ -e "$OUT/checkpoint" ]; then
+    RESUME=--resume
+fi
+echo "== fitting SS-GHS on $DATA, MLP widths $WIDTHS, $EPOCHS epochs -> $OUT${RESUME:+ (resuming)}"
+# a 10% validation split puts the accuracy in the progress bar next to loss and kept units;
+# the table at the end says WARNING when the run collapsed (docs/guide/fitting.md)
 "${BNN[@]}" fit --data "$DATA" --net mlp --widths "$WIDTHS" --prior ss-ghs --validation-fraction 0.1 \
-    --epochs "$EPOCHS" --batch-size "$BATCH" --lr 3e-3 --indicator-lr 1e-2 --rho-init -3 --shrink \
-    --seed 0 --out "$OUT" --resume
+    --epochs "$EPOCHS" --batch-size "$BATCH" "${RATES[@]}" --rho-init -3 --shrink \
+    --seed 0 --out "$OUT" $RESUME
 echo "== the compact model is in $OUT/compact; predict new examples (in the data set's units, e.g. pixel"
 echo "   values 0-255 for Fashion-MNIST) with"
 echo "   .venv/bin/python -m sparse_bnn predict $OUT IMAGES.npy --out predictions.csv"

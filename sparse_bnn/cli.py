@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from typing import Any, Mapping, Sequence
 
 from sparse_bnn.cli_options import add_config_options, config_from_args
@@ -114,10 +115,13 @@ def build_parser(replay: Mapping[str, Any] | None = None) -> argparse.ArgumentPa
 def _fit(args: argparse.Namespace) -> int:
     from sparse_bnn.experiment.evaluate import report_table
     from sparse_bnn.experiment.run import run_experiment
+    from sparse_bnn.experiment.collapse import CollapseWarning
     config = config_from_args(args)
     log = (lambda message: print(message, flush=True))
-    run_experiment(config, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet, log=log,
-                   tensorboard=args.tensorboard)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CollapseWarning)  # report_table prints them under the table
+        run_experiment(config, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet, log=log,
+                       tensorboard=args.tensorboard)
     print(report_table(args.out), flush=True)
     return EXIT_OK
 

@@ -24,6 +24,7 @@ from sparse_bnn.data.checks import check_dataset
 from sparse_bnn.data.preprocess import Dataset
 from sparse_bnn.errors import InputError, read_json
 from sparse_bnn.experiment import run_files
+from sparse_bnn.experiment.collapse import collapse_warnings
 from sparse_bnn.experiment.config import RunConfig, flat_options
 from sparse_bnn.experiment.run_files import COMPACT_DIR, METRICS_FILE, REPORT_FILE, read_finished_run
 from sparse_bnn.nets import FunctionalNet
@@ -164,7 +165,9 @@ def evaluate_run(run_dir: str | os.PathLike, *, data_dir: str | None = None) -> 
 
 
 def report_table(run_dir: str | os.PathLike) -> str:
-    """The compression table of a finished run, with its test metrics."""
+    """The compression table of a finished run, with its test metrics and, below them, the run's
+    collapse warnings (``metrics.json``'s ``"warnings"``, :mod:`sparse_bnn.experiment.collapse`; for a
+    run written without them, those its metrics show)."""
     run_dir = Path(run_dir)
     config, metrics = read_run(run_dir)
     report_file = run_dir / REPORT_FILE
@@ -181,8 +184,13 @@ def report_table(run_dir: str | os.PathLike) -> str:
                                                             for n in names) for block in (full, "compact")):
         raise InputError(f"{run_dir / METRICS_FILE}: lacks the test metrics {', '.join(names)} of {full} and compact; "
                          "the run directory is corrupt: fit the run again (or sparse-bnn evaluate it)")
+    recorded = metrics.get("warnings")
+    if recorded is None:  # a run written before the collapse checks: check what its metrics hold
+        recorded = collapse_warnings(metrics)
+    warnings = [w for w in recorded if isinstance(w, str)] if isinstance(recorded, list) else []
+    flag = f"; {len(warnings)} WARNING{'S' if len(warnings) > 1 else ''} below" if warnings else ""
     lines = [f"run {run_dir}: {config.model.prior} on {config.data.data}, net {config.model.net}, "
-             f"{metrics.get('epochs')} epochs ({report_lib.run_times(metrics)})", ""]
+             f"{metrics.get('epochs')} epochs ({report_lib.run_times(metrics)}){flag}", ""]
     lines.append(compression.table())
     lines.append("")
     lines.append(f"{'test':<28}" + "".join(f"{n:>12}" for n in names))
@@ -192,4 +200,7 @@ def report_table(run_dir: str | os.PathLike) -> str:
     for label, key in rows:
         if isinstance(metrics.get(key), dict) and all(isinstance(metrics[key].get(n), (int, float)) for n in names):
             lines.append(f"{label:<28}" + "".join(f"{metrics[key][n]:>12.4f}" for n in names))
+    if warnings:  # sparse_bnn.experiment.collapse: the run's signs of collapse
+        lines.append("")
+        lines.extend(f"WARNING: {w}" for w in warnings)
     return "\n".join(lines)

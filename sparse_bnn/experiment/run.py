@@ -20,7 +20,9 @@ The run directory ``RUN`` ends up holding
   (:func:`sparse_bnn.compact.io.load_compact`);
 * ``report.json``: the :class:`~sparse_bnn.compact.report.CompressionReport`;
 * ``plots/*.png``: loss curves, kept units, inclusion histograms, reliability diagram;
-* ``metrics.json``: written last and atomically; its presence marks the run as finished;
+* ``metrics.json``: written last and atomically; its presence marks the run as finished; its
+  ``"warnings"`` list the signs of collapse (:mod:`sparse_bnn.experiment.collapse`), also issued as
+  :class:`~sparse_bnn.experiment.collapse.CollapseWarning`;
 * ``diverged.json``: only while the run's loss has diverged (:mod:`sparse_bnn.experiment.resume`);
 * ``.lock``: the lock of the process writing the run (:mod:`sparse_bnn.experiment.lock`).
 
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -46,6 +49,7 @@ from sparse_bnn import atomic
 from sparse_bnn.core import posterior
 from sparse_bnn.core.model import Masks, SparseBNN
 from sparse_bnn.data.preprocess import Dataset, check_dataset, flip_augment
+from sparse_bnn.experiment.collapse import CollapseWarning, collapse_warnings, majority_rate
 from sparse_bnn.experiment.config import BMR_MODES, RunConfig  # noqa: F401 (BMR_MODES: for old imports)
 from sparse_bnn.experiment.evaluate import evaluate_fitted, load_run_dataset, write_json
 from sparse_bnn.experiment.lock import RunLock
@@ -299,6 +303,11 @@ def _train_and_evaluate(config: RunConfig, dataset: Dataset, net_cfg: dict, bnn:
     metrics.update(training_seconds=float(sum(r["seconds"] for r in history)),
                    compile_seconds=float(compile_seconds), session_seconds=float(session_seconds),
                    epochs=int(training.epochs), fine_tune_epochs=int(training.fine_tune_epochs))
+    if dataset.task == "classification":
+        metrics["majority_rate"] = majority_rate(dataset.y_test)
+    metrics["warnings"] = collapse_warnings(metrics)  # docs/guide/fitting.md, "When a run collapses"
+    for message in metrics["warnings"]:
+        warnings.warn(message, CollapseWarning, stacklevel=3)
     _plots(out, history, inclusion, metrics.pop("_calibration", None), config.evaluation.threshold, quiet_log)
     start.commit()
     (out / DIVERGED_FILE).unlink(missing_ok=True)

@@ -445,3 +445,9 @@ def test_cli_prints_one_line_and_exit_2_from_the_real_entry_point(tmp_path):
                             timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0 and "--seed" in result.stderr, result.stderr
+
+
+def test_fit_refuses_a_net_size_for_a_net_without_named_sizes(tmp_path, capsys):
+    code, err = run_cli(capsys, "fit", "--data", "digits", "--net-size", "small", "--out", tmp_path / "out", *FIT)
+    assert_bad_input(code, err, "--net-size", "mlp")
+    assert not (tmp_path / "out").exists()

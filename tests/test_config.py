@@ -17,7 +17,7 @@ from sparse_bnn.experiment.evaluate import read_run
 USER_VISIBLE_DEFAULTS = {
     "data": "fashion-mnist", "data_dir": None, "download": True, "validation_fraction": 0.0, "n_train": None,
     "n_test": None, "augment": None,
-    "net": "mlp", "widths": (400, 400), "activation": "silu", "prior": "ss-ghs", "prior_options": {},
+    "net": "mlp", "widths": (400, 400), "net_size": None, "activation": "silu", "prior": "ss-ghs", "prior_options": {},
     "sigma0": None, "inclusion": None, "temperature": 0.5, "rho_init": -6.0, "weight_noise": "hash",
     "soft": False, "centred": False, "kl_weight": 1.0,
     "epochs": 10, "batch_size": 1024, "lr": 1e-3, "indicator_lr": None, "lr_schedule": "constant",
@@ -39,6 +39,7 @@ EVERY_FLAG = [
     (["--no-augment"], "augment", False),
     (["--net", "lenet5"], "net", "lenet5"),
     (["--widths", "3,4"], "widths", (3, 4)),
+    (["--net-size", "small"], "net_size", "small"),
     (["--activation", "tanh"], "activation", "tanh"),
     (["--prior", "ss-gl"], "prior", "ss-gl"),
     (["--prior-option", "slab_width=2", "--prior-option", "random_slab=yes"], "prior_options",

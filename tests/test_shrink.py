@@ -125,8 +125,9 @@ def orphan_kl(bnn, params, keep, unit_masks):
         for ref in layer.consumers:
             site = bnn.weight_site(ref.path)
             kl = kl_normal(params[f"{site}.loc"], softplus(params[f"{site}.rho"]), prior.sigma_0**2)
-            owner, axis = bnn.owner[ref.path]
-            kl = kl * unit_broadcast(gates[owner.name], kl.ndim, axis)
+            if ref.path in bnn.owner:  # a free consumer (a ViT's output projection) is not gated
+                owner, axis = bnn.owner[ref.path]
+                kl = kl * unit_broadcast(gates[owner.name], kl.ndim, axis)
             rows = (np.arange(ref.interleave)[:, None] * layer.units + gone[None, :]).reshape(-1)
             total += jnp.sum(jnp.take(kl, rows, axis=ref.axis))
         a_loc, a_scale = params[f"{layer.name}.s2_a.loc"][gone], softplus(params[f"{layer.name}.s2_a.rho"][gone])
@@ -186,8 +187,8 @@ def test_shrinking_keeps_the_loss_mlp():
                      padding={"dense0": [4]}, x=x, y=y)
 
 
-@pytest.mark.parametrize("name", [n for n in ("lenet5-caffe", "lenet5") if n in NETS])
-def test_shrinking_keeps_the_loss_lenet(name):
+@pytest.mark.parametrize("name", [n for n in ("lenet5-caffe", "lenet5", "vit", "mixer") if n in NETS])
+def test_shrinking_keeps_the_loss_image_nets(name):
     config = NETS[name].example_config()
     bnn = SparseBNN(net_from_config(config), get_prior("ss-ghs"), n_data=32)
     size, channels = config["image_size"], config["in_channels"]

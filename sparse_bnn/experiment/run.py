@@ -74,12 +74,13 @@ REGRESSION_LIKELIHOOD_NOISE = None  # learned
 
 def net_config(config: RunConfig, dataset: Dataset) -> dict:
     """The network config for the data set's input shape and classes (or outputs for regression):
-    the net's own ``default_config`` with the run's ``--widths`` and ``--activation``."""
+    the net's own ``default_config`` with the run's ``--widths``, ``--activation`` and ``--net-size``."""
     outputs = dataset.num_classes if dataset.task == "classification" else int(np.prod(dataset.y_train.shape[1:]))
     model = config.model
     try:
         return dict(NETS[model.net].default_config(tuple(dataset.input_shape), outputs, name=model.net,
-                                                   widths=list(model.widths), activation=model.activation))
+                                                   widths=list(model.widths), activation=model.activation,
+                                                   size=model.net_size))
     except ValueError as error:
         raise ValueError(f"net {model.net!r} does not fit the data set {dataset.name!r}: {error}") from error
 

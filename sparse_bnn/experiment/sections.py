@@ -16,6 +16,8 @@ from sparse_bnn.experiment.options import (Section, check_inclusion, finite, laz
                                             positive_integer, prior_hyperparameters, seed_in_range,
                                             strictly_between_0_and_1, typed_prior_options)
 
+NET_SIZES = ("tiny", "small", "base")  # the named configurations of VisionTransformer and MLPMixer
+
 
 __all__ = ["BMR_MODES", "BMRConfig", "DataConfig", "EvaluationConfig", "ModelConfig", "ShrinkConfig",
            "TrainingConfig"]
@@ -102,6 +104,9 @@ class ModelConfig(Section):
 
     net: str = option("mlp", choices=lazy("sparse_bnn.nets", "NETS", sorted), help="architecture")
     widths: tuple[int, ...] = option((400, 400), parse=parse_widths, help="MLP hidden widths, e.g. 400,400")
+    net_size: str | None = option(None, choices=lambda: NET_SIZES,
+                                  help="named configuration of the ViT and the MLP-Mixer: tiny (default; "
+                                       "fits a CPU), small or base (see docs/guide/networks.md)")
     activation: str = option("silu", choices=lazy("sparse_bnn.nets.mlp", "ACTIVATIONS", sorted),
                              help="activation of the MLP, LeNets and ResNets (ViT and Mixer: GELU)")
     prior: str = option("ss-ghs", choices=lazy("sparse_bnn.priors", "PRIORS", sorted), help="shrinkage prior")
@@ -140,6 +145,13 @@ class ModelConfig(Section):
 
     def check(self) -> ModelConfig:
         super().check()
+        if self.net_size is not None:
+            from sparse_bnn.nets import NETS
+            sizes = getattr(NETS.get(self.net), "SIZES", {})
+            if self.net_size not in sizes:
+                takes = [name for name, cls in sorted(NETS.items()) if getattr(cls, "SIZES", None)]
+                raise ValueError(f"--net-size {self.net_size}: the net {self.net} has no named configurations; "
+                                 f"--net-size applies to {', '.join(takes)} (the MLP takes --widths)")
         valid = prior_hyperparameters(self.prior)
         unknown = [name for name in self.prior_options if name not in valid]
         if unknown:

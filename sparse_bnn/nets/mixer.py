@@ -19,7 +19,7 @@ import jax
 from flax import nnx
 
 from sparse_bnn.nets.base import ImageNet, ParamAxis, UnitLayer, check_widths, with_group_sizes
-from sparse_bnn.nets.vit import check_input, check_patches, patchify, per_block
+from sparse_bnn.nets.vit import check_input, check_patches, patchify, per_block, sized_config
 
 
 class MixerBlock(nnx.Module):
@@ -54,7 +54,23 @@ class MLPMixer(ImageNet, nnx.Module):
       channel_hidden: channel-MLP hidden width (int, or one per block).
 
     Shapes: ``x [B, image_size, image_size, in_channels] -> [B, num_classes]``.
+
+    Named configurations (``SIZES``; :meth:`default_config` and ``--net-size``); the patch size
+    is the divisor of the image size nearest the one given here:
+
+    ========  =====  =========  =====  ============  ==============
+    size      patch  embed_dim  depth  token_hidden  channel_hidden
+    ========  =====  =========  =====  ============  ==============
+    ``tiny``  7      64         4      32            128
+    ``small`` 4      128        6      64            256
+    ``base``  4      256        6      512           512
+    ========  =====  =========  =====  ============  ==============
     """
+
+    SIZES = {"tiny": dict(patch_size=7, embed_dim=64, depth=4, token_hidden=32, channel_hidden=128),
+             "small": dict(patch_size=4, embed_dim=128, depth=6, token_hidden=64, channel_hidden=256),
+             "base": dict(patch_size=4, embed_dim=256, depth=6, token_hidden=512, channel_hidden=512)}
+    DEFAULT_SIZE = "tiny"
 
     def __init__(self, image_size: int = 32, in_channels: int = 3, num_classes: int = 10,
                  patch_size: int = 4, embed_dim: int = 256, depth: int = 6,
@@ -99,6 +115,12 @@ class MLPMixer(ImageNet, nnx.Module):
             members=(ParamAxis(("head", "kernel"), 1), ParamAxis(("head", "bias"), 0)),
             prunable=False))
         return with_group_sizes(self, out)
+
+    @classmethod
+    def default_config(cls, input_shape: Sequence[int], outputs: int, *, size: str | None = None,
+                       **unused) -> dict:
+        """The named configuration ``size`` (default ``tiny``) for ``input_shape`` ``(H, W, C)``."""
+        return sized_config(cls, size, input_shape, outputs)
 
     @property
     def config(self) -> dict:

@@ -48,6 +48,26 @@ def check_patches(image_size: int, patch_size: int) -> int:
     return (image_size // patch_size) ** 2
 
 
+def nearest_divisor(size: int, preferred: int) -> int:
+    """The divisor of ``size`` closest to ``preferred`` (the larger one on a tie): the patch size
+    a named configuration takes on images of another size (patch 7 on 28x28, 8 on 32x32)."""
+    divisors = [d for d in range(1, size + 1) if size % d == 0]
+    return min(divisors, key=lambda d: (abs(d - preferred), -d))
+
+
+def sized_config(cls: type, size: str | None, input_shape: Sequence[int], outputs: int) -> dict:
+    """The config of the named configuration ``size`` of ``cls`` (a key of ``cls.SIZES``;
+    ``None`` is ``cls.DEFAULT_SIZE``) for square images ``input_shape = (H, W, C)``."""
+    from sparse_bnn.nets.base import image_net_config
+    size = cls.DEFAULT_SIZE if size is None else size
+    if size not in cls.SIZES:
+        raise ValueError(f"{cls.__name__} has no size {size!r}; choose one of {', '.join(cls.SIZES)}")
+    options = dict(cls.SIZES[size])
+    if len(input_shape) == 3:
+        options["patch_size"] = nearest_divisor(int(input_shape[0]), options["patch_size"])
+    return image_net_config(cls, input_shape, outputs, **options)
+
+
 def per_block(value, depth: int, what: str) -> tuple[int, ...]:
     """An int (same for every block) or one entry per block -> tuple of ``depth`` ints."""
     values = [value] * depth if isinstance(value, int) else list(value)
@@ -134,7 +154,24 @@ class VisionTransformer(ImageNet, nnx.Module):
       head_dim: width of one head; ``None`` gives ``embed_dim // num_heads``.
 
     Shapes: ``x [B, image_size, image_size, in_channels] -> [B, num_classes]``.
+
+    Named configurations (``SIZES``; :meth:`default_config` and ``--net-size``), heads of width
+    ``embed_dim / num_heads``; the patch size is the divisor of the image size nearest the one
+    given here:
+
+    ========  =====  =========  =====  =====  ==========
+    size      patch  embed_dim  depth  heads  mlp_hidden
+    ========  =====  =========  =====  =====  ==========
+    ``tiny``  7      64         4      4      128
+    ``small`` 4      128        6      4      256
+    ``base``  4      256        6      8      512
+    ========  =====  =========  =====  =====  ==========
     """
+
+    SIZES = {"tiny": dict(patch_size=7, embed_dim=64, depth=4, num_heads=4, mlp_hidden=128),
+             "small": dict(patch_size=4, embed_dim=128, depth=6, num_heads=4, mlp_hidden=256),
+             "base": dict(patch_size=4, embed_dim=256, depth=6, num_heads=8, mlp_hidden=512)}
+    DEFAULT_SIZE = "tiny"
 
     def __init__(self, image_size: int = 32, in_channels: int = 3, num_classes: int = 10,
                  patch_size: int = 4, embed_dim: int = 256, depth: int = 6,
@@ -195,6 +232,12 @@ class VisionTransformer(ImageNet, nnx.Module):
             members=(ParamAxis(("head", "kernel"), 1), ParamAxis(("head", "bias"), 0)),
             prunable=False))
         return with_group_sizes(self, out)
+
+    @classmethod
+    def default_config(cls, input_shape: Sequence[int], outputs: int, *, size: str | None = None,
+                       **unused) -> dict:
+        """The named configuration ``size`` (default ``tiny``) for ``input_shape`` ``(H, W, C)``."""
+        return sized_config(cls, size, input_shape, outputs)
 
     @property
     def config(self) -> dict:

@@ -40,8 +40,9 @@ form; in the centred form the rows' prior variance depends on the consumer's sca
 
 Supported architectures: any net whose removable units send ``activation(0) = 0`` downstream and
 whose unit layers slice generically (members along the unit axis, consumers along the input
-axis, interleave honoured): the MLP (with a zero-preserving activation), LeNet-5-Caffe and
-LeNet-5 are tested. A unit layer with ``inactive_output != 0`` (a sigmoid MLP) is refused: its
+axis, interleave honoured): the MLP (with a zero-preserving activation), LeNet-5-Caffe,
+LeNet-5, the Vision Transformer (attention heads and MLP units; heads per block may then differ)
+and the MLP-Mixer (token- and channel-MLP units) are tested. A unit layer with ``inactive_output != 0`` (a sigmoid MLP) is refused: its
 constant output cannot be folded into a *random* consumer bias.
 
 Example::

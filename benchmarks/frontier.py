@@ -22,6 +22,7 @@ shrink while training). Published reference points are drawn on the same axes.
     python benchmarks/frontier.py                                  # MLP 784-400-400-10, 100 epochs
     python benchmarks/frontier.py --methods ss-ghs group-lasso     # a subset
     python benchmarks/frontier.py --quick                          # smoke test: 2,000 images, 2 epochs
+    python benchmarks/frontier.py --net vit --epochs 20            # ViT (tiny): SS-GHS, BMR, deterministic
 
 Writes ``benchmarks/results/frontier_<net>.json`` and ``frontier_<net>.png``; run directories go
 to ``--runs-dir`` (ignored by git).
@@ -66,6 +67,10 @@ GRID: dict[str, list[dict[str, Any]]] = {
     "deterministic": [{}],
     "group-lasso": [{"penalty": 0.03}, {"penalty": 0.1}, {"penalty": 0.2}, {"penalty": 0.3}],
 }
+# The transformers cost tens of times the MLP per epoch on a CPU: one point per method.
+TRANSFORMER_GRID: dict[str, list[dict[str, Any]]] = {
+    "ss-ghs": [{"sigma0": 1.0}], "bmr-nodewise": [{"bmr_warmup": 5}], "deterministic": [{}]}
+TRANSFORMERS = ("vit", "mixer")
 # published spike-and-slab reference code, Fashion-MNIST (accuracy, density)
 REFERENCES = {"mlp": [("SS-IG, published", 0.8452, 0.0909), ("dense Gaussian, published", 0.8755, 1.0)],
               "lenet5-caffe": [("SS-IG, published", 0.8766, 0.0564), ("dense Gaussian, published", 0.9048, 1.0)]}
@@ -86,7 +91,8 @@ def run_config(net: str, method: str, setting: Mapping[str, Any], args: argparse
     else:
         prior, bmr = method, "none"
     return RunConfig.flat(
-        out=str(out), data="fashion-mnist", net=net, widths=list(WIDTHS), prior=prior, bmr=bmr,
+        out=str(out), data="fashion-mnist", net=net, widths=list(WIDTHS), net_size=args.net_size,
+        prior=prior, bmr=bmr,
         epochs=args.epochs, batch_size=SCHEDULE["batch_size"], lr=SCHEDULE["lr"],
         indicator_lr=SCHEDULE["indicator_lr"], rho_init=SCHEDULE["rho_init"],
         shrink=bmr != "elementwise", seed=args.seed, n_train=args.n_train, n_test=args.n_test,
@@ -143,7 +149,7 @@ def group_soft_threshold(layers, params: dict, threshold: float) -> dict:
 def deterministic_point(net_name: str, penalty: float, args: argparse.Namespace, data) -> dict:
     """A deterministic network trained by (proximal) Adam, pruned to its non-zero groups."""
     config = NETS[net_name].default_config(tuple(data.input_shape), data.num_classes, name=net_name,
-                                           widths=list(WIDTHS), activation="silu")
+                                           widths=list(WIDTHS), activation="silu", size=args.net_size)
     net = net_from_config(config, seed=args.seed)
     functional = FunctionalNet(net)
     layers = [layer for layer in net.unit_layers() if layer.prunable]
@@ -244,8 +250,11 @@ def table(rows: list[dict]) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--net", choices=("mlp", "lenet5-caffe"), default="mlp")
-    parser.add_argument("--methods", nargs="+", choices=list(GRID), default=list(GRID))
+    parser.add_argument("--net", choices=("mlp", "lenet5-caffe", *TRANSFORMERS), default="mlp")
+    parser.add_argument("--net-size", choices=("tiny", "small", "base"),
+                        help="size of the ViT or MLP-Mixer (default: tiny)")
+    parser.add_argument("--methods", nargs="+", choices=list(GRID),
+                        help="default: every method (ViT and Mixer: ss-ghs, bmr-nodewise, deterministic)")
     parser.add_argument("--epochs", type=int, default=SCHEDULE["epochs"])
     parser.add_argument("--n-train", type=int, help="subsample the 60,000 training images")
     parser.add_argument("--n-test", type=int, help="subsample the 10,000 test images")
@@ -258,6 +267,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.n_train, args.n_test, args.epochs, args.samples = args.n_train or 2000, args.n_test or 500, 2, 2
+    if args.net_size is not None and args.net not in TRANSFORMERS:
+        parser.error(f"--net-size applies to {' and '.join(TRANSFORMERS)}, not {args.net}")
+    if args.methods is None:
+        args.methods = list(TRANSFORMER_GRID if args.net in TRANSFORMERS else GRID)
     if args.epochs <= 0:
         parser.error(f"--epochs must be positive, got {args.epochs}")
     return args
@@ -269,7 +282,8 @@ def main(argv=None) -> dict:
                         seed=args.seed)
     rows = []
     for method in args.methods:
-        for setting in GRID[method][:1] if args.quick else GRID[method]:
+        grid = (TRANSFORMER_GRID if args.net in TRANSFORMERS and method in TRANSFORMER_GRID else GRID)[method]
+        for setting in grid[:1] if args.quick else grid:
             if "bmr_warmup" in setting:  # a short run reduces from its last epoch at the latest
                 setting = {**setting, "bmr_warmup": min(setting["bmr_warmup"], args.epochs - 1)}
             started = time.perf_counter()
@@ -285,7 +299,8 @@ def main(argv=None) -> dict:
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "machine": platform.platform(), "cpu_count": os.cpu_count(), "device": str(jax.devices()[0]),
               "jax": jax.__version__, "sparse_bnn_version": sparse_bnn.__version__, "net": args.net,
-              "widths": WIDTHS if args.net == "mlp" else None, "schedule": {**SCHEDULE, "epochs": args.epochs},
+              "widths": WIDTHS if args.net == "mlp" else None, "net_size": args.net_size,
+              "schedule": {**SCHEDULE, "epochs": args.epochs},
               "n_train": args.n_train, "n_test": args.n_test, "seed": args.seed,
               "references": REFERENCES.get(args.net, []), "rows": rows}
     if not args.quick:

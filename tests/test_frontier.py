@@ -45,3 +45,11 @@ def test_the_proximal_step_scales_each_node_group_and_zeroes_the_weak_ones():
     ("ss-ghs", {"kl_weight": 1.0}, "ss-ghs beta=1.0")])
 def test_a_tempered_point_says_so(method, setting, expected):
     assert frontier.label(method, setting) == expected
+
+
+def test_transformers_take_their_own_grid_and_sizes():
+    vit = frontier.parse_args(["--net", "vit", "--net-size", "small"])
+    assert vit.methods == list(frontier.TRANSFORMER_GRID) and vit.net_size == "small"
+    assert frontier.parse_args(["--net", "mlp"]).methods == list(frontier.GRID)
+    with pytest.raises(SystemExit):
+        frontier.parse_args(["--net", "mlp", "--net-size", "tiny"])

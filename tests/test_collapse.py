@@ -55,6 +55,28 @@ def test_every_layer_keeping_very_few_units_warns():
     assert collapse_warnings(metrics(kept=(1, 2), bma=0.9, compact=0.9), few_units=1) == []
 
 
+def test_empty_layers_on_a_residual_branch_do_not_cut_the_network():
+    """A ViT block without heads still passes its tokens on: only the accuracy checks apply."""
+    vit = metrics(kept=(0, 40, 0, 1), total=(4, 128, 4, 128), bma=0.85, compact=0.85)
+    vit["kept_units"] = dict(zip(["block0_heads", "block0_mlp", "block1_heads", "block1_mlp"], (0, 40, 0, 1)))
+    vit["total_units"] = dict(zip(vit["kept_units"], (4, 128, 4, 128)))
+    assert len(collapse_warnings(vit)) == 1  # without residual_layers the empty layers read as a cut
+    vit["residual_layers"] = list(vit["kept_units"])
+    assert collapse_warnings(vit) == []
+    vit["full_bma"] = vit["bma"] = vit["compact"] = {"accuracy": 0.11}
+    assert len(collapse_warnings(vit)) == 1 and "most frequent class" in collapse_warnings(vit)[0]
+
+
+def test_transformer_and_resnet_blocks_are_residual_and_lenet_layers_are_not():
+    from sparse_bnn.nets import NETS, net_from_config
+    residual = {name: {layer.name: layer.residual for layer in net_from_config(NETS[name].example_config())
+                       .unit_layers() if layer.prunable} for name in ("vit", "mixer", "resnet20", "lenet5-caffe")}
+    assert all(residual["vit"].values()) and all(residual["mixer"].values())
+    assert not any(residual["lenet5-caffe"].values())
+    assert {name for name, flag in residual["resnet20"].items() if flag} == \
+           {name for name in residual["resnet20"] if name.startswith("block")}
+
+
 def test_chance_level_accuracy_warns():
     found = collapse_warnings(metrics(bma=0.12, compact=0.12, rate=0.10))
     assert len(found) == 1

@@ -4,7 +4,9 @@
 one sentence per sign of collapse, each naming what happened and what to try:
 
 * **pruned away**: a prunable layer kept no unit at all, or every prunable layer kept at most
-  :data:`FEW_UNITS` units (and fewer than it had);
+  :data:`FEW_UNITS` units (and fewer than it had); layers on a residual branch (``metrics``'
+  ``"residual_layers"``: a transformer's heads and MLP units, a ResNet block's first conv) are
+  left out, since an empty one passes its block's input on;
 * **chance-level accuracy**: the test accuracy (BMA or compact) is no better than always
   answering the most frequent test class, plus :data:`MAJORITY_MARGIN`;
 * **compact far below BMA**: the compact (median-probability) network's accuracy is more than
@@ -65,6 +67,7 @@ def collapse_warnings(metrics: Mapping[str, Any], *, few_units: int = FEW_UNITS,
     each; ``[]`` for a healthy run.
 
     Reads ``kept_units`` / ``total_units`` (``{layer: count}`` of the prunable layers),
+    ``residual_layers`` (names of layers on a residual branch, not counted as cutting the network),
     ``full_bma`` (or ``bma``) and ``compact`` (``{"accuracy": ...}``, classification only) and
     ``majority_rate`` (the test set's most frequent class share, :func:`majority_rate`). Missing
     or malformed entries skip their check.
@@ -72,6 +75,9 @@ def collapse_warnings(metrics: Mapping[str, Any], *, few_units: int = FEW_UNITS,
     found: list[str] = []
     kept, total = _counts(metrics.get("kept_units")), _counts(metrics.get("total_units"))
     units = ", ".join(f"{name} {kept[name]}/{total.get(name, '?')}" for name in kept)
+    residual = metrics.get("residual_layers")
+    if isinstance(residual, (list, tuple)):
+        kept = {name: count for name, count in kept.items() if name not in set(map(str, residual))}
     empty = [name for name, count in kept.items() if count == 0]
     if empty:
         found.append(f"collapse: layer{'s' if len(empty) > 1 else ''} {', '.join(empty)} kept 0 units (kept "

@@ -306,6 +306,7 @@ def _train_and_evaluate(config: RunConfig, dataset: Dataset, net_cfg: dict, bnn:
                    epochs=int(training.epochs), fine_tune_epochs=int(training.fine_tune_epochs))
     if dataset.task == "classification":
         metrics["majority_rate"] = majority_rate(dataset.y_test)
+    metrics["residual_layers"] = [layer.name for layer in final_bnn.layers if layer.prunable and layer.residual]
     metrics["warnings"] = collapse_warnings(metrics)  # docs/guide/fitting.md, "When a run collapses"
     for message in metrics["warnings"]:
         warnings.warn(message, CollapseWarning, stacklevel=3)

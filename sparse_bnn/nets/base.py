@@ -55,6 +55,9 @@ class UnitLayer:
         SiLU/ReLU/tanh/GELU, 0.5 for sigmoid). Pruning folds it into the consumers' biases.
       weights_per_unit: random weights one unit owns, counted over its ``nnx.Param`` members
         by :func:`with_group_sizes`; ``None`` for a layer built by hand (see ``group_size``).
+      residual: the units sit on a residual branch ``x + f(x)`` (a transformer's heads and MLP
+        units, a ResNet block's first conv): with none of them kept the block passes its input
+        on unchanged, so an empty layer does not cut the network.
     """
 
     name: str
@@ -65,6 +68,7 @@ class UnitLayer:
     prunable: bool = True
     inactive_output: float = 0.0
     weights_per_unit: int | None = None
+    residual: bool = False
 
     @property
     def group_size(self) -> int:

@@ -109,7 +109,7 @@ class MLPMixer(ImageNet, nnx.Module):
                     members=(ParamAxis((*block, f"{kind}_in", "kernel"), 1),
                              ParamAxis((*block, f"{kind}_in", "bias"), 0)),
                     consumers=(ParamAxis((*block, f"{kind}_out", "kernel"), 0),),
-                    inactive_output=0.0))  # gelu(0) = 0
+                    inactive_output=0.0, residual=True))  # gelu(0) = 0
         out.append(UnitLayer(
             name="head", units=self.num_classes, fan_in=self.embed_dim,
             members=(ParamAxis(("head", "kernel"), 1), ParamAxis(("head", "bias"), 0)),

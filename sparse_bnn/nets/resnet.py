@@ -201,7 +201,7 @@ class ResNet(ImageNet, nnx.Module):
         return UnitLayer(name=f"block{i}", units=self.block_widths[i], fan_in=reads * 9,
                          members=_channel_members(("blocks", i), "conv1", "bn1"),
                          consumers=(ParamAxis(("blocks", i, "conv2", "kernel"), 2),),
-                         inactive_output=0.0)
+                         inactive_output=0.0, residual=True)
 
     @classmethod
     def default_config(cls, input_shape: Sequence[int], outputs: int, *, name: str = "resnet20",

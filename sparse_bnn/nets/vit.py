@@ -220,13 +220,13 @@ class VisionTransformer(ImageNet, nnx.Module):
                             for field in ("kernel", "bias"))
             out.append(UnitLayer(name=f"block{i}_heads", units=heads, fan_in=self.embed_dim,
                                  members=members,
-                                 consumers=(ParamAxis((*attention, "out", "kernel"), 0),)))
+                                 consumers=(ParamAxis((*attention, "out", "kernel"), 0),), residual=True))
             out.append(UnitLayer(
                 name=f"block{i}_mlp", units=hidden, fan_in=self.embed_dim,
                 members=(ParamAxis(("blocks", i, "mlp_in", "kernel"), 1),
                          ParamAxis(("blocks", i, "mlp_in", "bias"), 0)),
                 consumers=(ParamAxis(("blocks", i, "mlp_out", "kernel"), 0),),
-                inactive_output=0.0))  # gelu(0) = 0
+                inactive_output=0.0, residual=True))  # gelu(0) = 0
         out.append(UnitLayer(
             name="head", units=self.num_classes, fan_in=self.embed_dim,
             members=(ParamAxis(("head", "kernel"), 1), ParamAxis(("head", "bias"), 0)),

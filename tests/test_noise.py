@@ -141,3 +141,47 @@ def test_a_shrunk_model_keeps_the_noise_options():
                     weight_noise="threefry", partitionable_noise=False)
     small = shrunk_model(bnn, {"dense0": np.array([1, 1, 0, 1, 0, 1], bool)})
     assert (small.layers[0].units, small.weight_noise, small.partitionable_noise) == (4, "threefry", False)
+
+
+@pytest.mark.parametrize("chunk", [7, 64, 2**16])
+def test_many_draws_at_once_are_the_draws_one_by_one(chunk):
+    from sparse_bnn.core.noise import hash_normal_many
+    shapes = [(13, 5), (), (40,), (3, 2, 4), (1,)]
+    keys = [jax.random.PRNGKey(i) for i in range(len(shapes))]
+    dtypes = [jnp.float32, jnp.float32, jnp.bfloat16, jnp.float32, jnp.float32]
+    many = jax.jit(lambda keys: hash_normal_many(keys, shapes, dtypes, chunk=chunk))(keys)
+    for key, shape, dtype, draw in zip(keys, shapes, dtypes, many):
+        one = hash_normal(key, shape, dtype)
+        assert draw.shape == shape and draw.dtype == one.dtype
+        np.testing.assert_array_equal(np.asarray(draw, np.float32), np.asarray(one, np.float32))
+
+
+@pytest.mark.parametrize("partitionable", [True, False])
+@pytest.mark.parametrize("weight_noise", ["hash", "threefry"])
+def test_guide_draws_every_site_as_its_own_key_would(partitionable, weight_noise):
+    """The guide draws its weights' noise (hash) and its scale sites' normals in one program each;
+    the values are those of each site drawing from the key ``seed`` gives it."""
+    from numpyro.handlers import seed, substitute, trace
+    from sparse_bnn.core.distributions import GatedNormal
+    bnn = SparseBNN(MLP(6, (5, 4), 3, rngs=nnx.Rngs(0)), get_prior("ss-ghs"), n_data=50,
+                    weight_noise=weight_noise)
+    params = bnn.init_params()
+    with jax.threefry_partitionable(partitionable):
+        guide_trace = trace(substitute(seed(bnn.guide, jax.random.PRNGKey(3)), data=params)).get_trace()
+        chain = jax.random.PRNGKey(3)
+        for name, site in guide_trace.items():
+            if site["type"] != "sample":
+                continue
+            chain, key = jax.random.split(chain)
+            fn = site["fn"]
+            while isinstance(fn, numpyro.distributions.Independent):
+                fn = fn.base_dist
+            if isinstance(fn, numpyro.distributions.LogNormal):
+                expected = jnp.exp(numpyro.distributions.Normal(fn.loc, fn.scale).sample(key))
+            elif isinstance(fn, GatedNormal):
+                slab = fn.slab
+                cls = HashNormal if weight_noise == "hash" else numpyro.distributions.Normal
+                expected = cls(slab.loc, slab.scale).sample(key)
+            else:  # the indicators
+                expected = fn.sample(key)
+            np.testing.assert_array_equal(np.asarray(site["value"]), np.asarray(expected), err_msg=name)

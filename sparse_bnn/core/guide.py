@@ -26,7 +26,7 @@ import numpyro.distributions as dist
 
 from sparse_bnn.nets.base import Path, unit_broadcast
 from sparse_bnn.core.distributions import ConcreteBernoulli, GatedNormal, RelaxedIndicator, indicator_event
-from sparse_bnn.core.noise import WEIGHT_NOISE
+from sparse_bnn.core.noise import WEIGHT_NOISE, hash_normal_many
 from sparse_bnn.core.sites import latent_sites
 from sparse_bnn.core.spec import (NOISE_SITE, Masks, ModelSpec, indicator_site, lognormal_factors, loc_param,
                                   logit_param, rho_param, scale_site_names, softplus, weight_site)
@@ -114,9 +114,15 @@ def _sample_sites(bnn: ModelSpec, masks: Masks) -> dict[str, jax.Array]:
         return numpyro.param(name, init[name])
 
     values = {}
-    for name in scale_site_names(bnn):
-        loc, scale = param(loc_param(name)), softplus(param(rho_param(name)))
-        values[name] = numpyro.sample(name, dist.LogNormal(loc, scale).to_event(jnp.ndim(loc)))
+    names = scale_site_names(bnn)
+    scales = {name: (param(loc_param(name)), softplus(param(rho_param(name)))) for name in names}
+    scale_keys, scale_noise = _scale_keys_and_noise(scales)
+    for name in names:
+        loc, scale = scales[name]
+        fn = dist.LogNormal(loc, scale)
+        if scale_noise is not None:
+            fn.base_dist = DrawnNormal(fn.base_dist.loc, fn.base_dist.scale, scale_noise[name])
+        values[name] = numpyro.sample(name, fn.to_event(jnp.ndim(loc)), rng_key=scale_keys.get(name))
     for layer in bnn.indicated_layers:
         if not bnn.samples_indicator(layer):
             continue
@@ -125,12 +131,70 @@ def _sample_sites(bnn: ModelSpec, masks: Masks) -> dict[str, jax.Array]:
                                      masks.units.get(layer.name))
         values[site] = numpyro.sample(site, indicator.to_event(1))
     weight_noise = WEIGHT_NOISE[options.weight_noise]
+    factors = {path: (param(loc_param(weight_site(path))), softplus(param(rho_param(weight_site(path)))))
+               for path in bnn.shapes}
+    keys, noise = _weight_keys_and_noise(bnn, factors)
     for path, shape in bnn.shapes.items():
         site = weight_site(path)
-        loc, scale = param(loc_param(site)), softplus(param(rho_param(site)))
-        slab = weight_noise(loc, scale)
+        loc, scale = factors[path]
+        slab = weight_noise(loc, scale) if noise is None else weight_noise(loc, scale, noise=noise[path])
         gate = _weight_gate(bnn, path, values, masks)
         if gate is not None:
             slab = GatedNormal(slab, gate, dist.Normal(0.0, weight_prior_std(bnn, path, values)))
-        values[site] = numpyro.sample(site, slab.to_event(len(shape)))
+        values[site] = numpyro.sample(site, slab.to_event(len(shape)), rng_key=keys.get(path))
     return values
+
+
+class DrawnNormal(dist.Normal):
+    """``Normal(loc, scale)`` whose sample is ``loc + noise * scale`` with ``noise`` the standard
+    normals its key would draw (``jax.random.normal``), drawn already; other shapes draw their own."""
+
+    pytree_data_fields = ("noise",)
+
+    def __init__(self, loc, scale, noise, *, validate_args=None):
+        self.noise = noise
+        super().__init__(loc, scale, validate_args=validate_args)
+
+    def sample(self, key, sample_shape=()):
+        if tuple(sample_shape) or tuple(jnp.shape(self.noise)) != self.batch_shape + self.event_shape:
+            return super().sample(key, sample_shape)
+        return self.loc + self.noise * self.scale
+
+
+def _batched_threefry() -> bool:
+    """Whether ``jax.random.normal(key, shape)`` is ``jax.random.normal(key, (n,))[:size]``
+    reshaped, for every ``n >= size`` (partitionable threefry: element ``i`` hashes counter ``i``)."""
+    return bool(jax.config.jax_threefry_partitionable) and jax.config.jax_default_prng_impl == "threefry2x32"
+
+
+def _scale_keys_and_noise(scales) -> tuple[dict, dict | None]:
+    """Under a ``seed`` handler and partitionable threefry: every log-normal site's key, taken in
+    the sites' order (those their ``numpyro.sample`` would take), and its standard normals, all
+    drawn by one ``lax.map`` of ``jax.random.normal`` (the same numbers; one threefry program
+    instead of one per site). Otherwise ``({}, None)``: each site draws its own."""
+    if len(scales) < 2 or not _batched_threefry():
+        return {}, None
+    keys = {name: numpyro.prng_key() for name in scales}
+    if any(key is None for key in keys.values()):
+        return {}, None
+    shapes = {name: jnp.shape(jnp.broadcast_arrays(loc, scale)[0]) for name, (loc, scale) in scales.items()}
+    sizes = {name: int(np.prod(shape, dtype=np.int64)) for name, shape in shapes.items()}
+    width = max(sizes.values())
+    draws = jax.lax.map(lambda key: jax.random.normal(key, (width,)), jnp.stack(list(keys.values())))
+    return keys, {name: draws[i, :sizes[name]].reshape(shapes[name]) for i, name in enumerate(scales)}
+
+
+def _weight_keys_and_noise(bnn: ModelSpec, factors) -> tuple[dict, dict | None]:
+    """With ``weight_noise="hash"`` under a ``seed`` handler: every weight site's key, taken in the
+    sites' order (the keys their ``numpyro.sample`` would take), and their noise drawn at once by
+    :func:`~sparse_bnn.core.noise.hash_normal_many` (same numbers, a much smaller program).
+    Otherwise ``({}, None)``: each site draws its own."""
+    if bnn.options.weight_noise != "hash" or len(bnn.shapes) < 2:
+        return {}, None
+    keys = {path: numpyro.prng_key() for path in bnn.shapes}
+    if any(key is None for key in keys.values()):  # no seed handler: nothing was split
+        return {}, None
+    locs = [factors[path][0] for path in bnn.shapes]
+    draws = hash_normal_many([keys[path] for path in bnn.shapes], [jnp.shape(loc) for loc in locs],
+                             [jnp.result_type(loc) for loc in locs])
+    return keys, dict(zip(bnn.shapes, draws))

@@ -30,16 +30,27 @@ RNG settings (JAX's global PRNG, which also shuffles and keys every site):
 ``jax_threefry_partitionable=False`` (one 64-bit hash per two numbers instead of one per number);
 ``rbg``/``unsafe_rbg`` set ``jax_default_prng_impl`` (XLA's RngBitGenerator; very slow on CPU).
 
+Compile time: besides each row's in-process ``compile_seconds`` (no persistent cache), the
+deterministic and the ``--compile-priors`` epochs are compiled again in fresh processes, each
+``--compile-repeats`` times: *cold* with an empty persistent compilation cache folder
+(:mod:`sparse_bnn.compile_cache`), then *warm*, a second process on the folder the first filled.
+``compile`` in the JSON holds their medians and the median ratio of each prior to the
+deterministic epoch; ``--no-compile-check`` skips them.
+
 Writes ``benchmarks/results/step_time.json`` for the MLP and ``step_time_<net>.json`` for the
 other nets (or ``--out``).
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,6 +62,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+import sparse_bnn
 from sparse_bnn import train as fit_lib
 from sparse_bnn.core.model import SparseBNN
 from sparse_bnn.nets import MLP, NETS
@@ -211,6 +223,65 @@ def run(args) -> dict:
             "cpu_count": os.cpu_count(), "backend": jax.default_backend(), "results": results}
 
 
+def compile_once(args) -> dict:
+    """Lower and compile the epoch of ``args.compile_only`` in this process (a fresh one, with the
+    persistent cache that ``SPARSE_BNN_COMPILE_CACHE`` names); seconds of each phase."""
+    from sparse_bnn.compile_cache import setup_compile_cache
+    setup_compile_cache()
+    make_net, input_shape, batch_size, classes = BENCH_NETS[args.net]
+    batch_size = args.batch_size or batch_size
+    n_data = args.steps * batch_size
+    x, y = (jnp.asarray(a) for a in random_data(n_data, input_shape, classes))
+    with rng_setting(args.rng):
+        if args.compile_only == "deterministic":
+            epoch, state = deterministic_epoch(make_net(nnx.Rngs(0)), n_data, batch_size)
+        else:
+            epoch, state = svi_epoch(make_net(nnx.Rngs(0)), args.compile_only, n_data, batch_size)
+        started = time.perf_counter()
+        lowered = epoch.lower(state, x, y)
+        lowered_at, cpu_started = time.perf_counter(), time.process_time()
+        lowered.compile()
+        return {"lower_s": lowered_at - started, "compile_s": time.perf_counter() - lowered_at,
+                "compile_cpu_s": time.process_time() - cpu_started}
+
+
+def compile_in_subprocess(args, name: str, cache: str) -> dict:
+    command = [sys.executable, __file__, "--net", args.net, "--steps", str(args.steps), "--rng", args.rng,
+               "--compile-only", name] + (["--batch-size", str(args.batch_size)] if args.batch_size else [])
+    done = subprocess.run(command, capture_output=True, text=True, check=True,
+                          env={**os.environ, "SPARSE_BNN_COMPILE_CACHE": cache})
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def compile_report(args) -> dict:
+    """Cold and warm compile seconds of the deterministic and ``args.compile_priors`` epochs, each
+    in a fresh process (module docstring), ``args.compile_repeats`` times, interleaved."""
+    names = ["deterministic", *args.compile_priors]
+    runs: dict[str, dict[str, list[dict]]] = {name: {"cold": [], "warm": []} for name in names}
+    for _ in range(args.compile_repeats):
+        for name in names:
+            with tempfile.TemporaryDirectory(prefix="step_time_cache_") as cache:
+                for phase in ("cold", "warm"):
+                    runs[name][phase].append(compile_in_subprocess(args, name, cache))
+        print("compile times: " + ", ".join(f"{name} cold {runs[name]['cold'][-1]['compile_s']:.2f}s "
+                                            f"warm {runs[name]['warm'][-1]['compile_s']:.2f}s" for name in names),
+              flush=True)
+    def median(phase, name, key="compile_s"):
+        return statistics.median(r[key] for r in runs[name][phase])
+
+    report = {"repeats": args.compile_repeats, "configs": {}}
+    for name in names:
+        entry = {f"{phase}_{key}": median(phase, name, key) for phase in ("cold", "warm")
+                 for key in ("compile_s", "compile_cpu_s", "lower_s")}
+        entry["all_runs"] = runs[name]
+        if name != "deterministic":
+            for phase in ("cold", "warm"):
+                entry[f"{phase}_ratio_to_deterministic"] = statistics.median(
+                    r["compile_s"] / b["compile_s"] for r, b in zip(runs[name][phase], runs["deterministic"][phase]))
+        report["configs"][name] = entry
+    return report
+
+
 def print_table(report: dict) -> None:
     print(f"\n{report['net']}, batch {report['batch_size']}, {report['steps_per_epoch']} steps/epoch, "
           f"{report['rounds']} interleaved rounds, rng {report['rng']}, {report['backend']}")
@@ -218,6 +289,11 @@ def print_table(report: dict) -> None:
     for name, r in report["results"].items():
         print(f"{name:<40}{r['ms_per_step']:>10.2f}{r['steps_per_s']:>10.1f}"
               f"{r['ratio_to_deterministic']:>8.2f}{r['compile_seconds']:>11.1f}")
+    if "compile" in report:
+        print(f"\n{'epoch compile, fresh process':<30}{'cold s':>9}{'warm s':>9}{'cold ratio':>12}{'warm ratio':>12}")
+        for name, r in report["compile"]["configs"].items():
+            print(f"{name:<30}{r['cold_compile_s']:>9.2f}{r['warm_compile_s']:>9.2f}"
+                  f"{r.get('cold_ratio_to_deterministic', 1.0):>12.2f}{r.get('warm_ratio_to_deterministic', 1.0):>12.2f}")
 
 
 def main(argv=None) -> None:
@@ -236,15 +312,27 @@ def main(argv=None) -> None:
     parser.add_argument("--compare-conv-gradient", action="store_true",
                         help="extra rows: deterministic and --also-rng-priors with lax's conv gradient")
     parser.add_argument("--also-rng-priors", nargs="+", default=["ss-ghs", "ss-gl"], choices=list(PRIORS))
+    parser.add_argument("--compile-priors", nargs="*", default=["ss-ghs"], choices=list(PRIORS),
+                        help="priors whose cold and warm compile times are measured in fresh processes")
+    parser.add_argument("--compile-repeats", type=int, default=3, help="fresh-process compiles per config and phase")
+    parser.add_argument("--no-compile-check", action="store_true", help="skip the fresh-process compile times")
+    parser.add_argument("--compile-only", default=None, help=argparse.SUPPRESS)  # internal: one subprocess
     parser.add_argument("--quick", action="store_true", help="10 steps, 3 rounds, 1 warm-up epoch")
     parser.add_argument("--out", type=Path, default=None,
                         help="default: results/step_time.json (mlp), results/step_time_<net>.json")
     args = parser.parse_args(argv)
+    if args.compile_only:
+        print(json.dumps(compile_once(args)))
+        return
     if args.quick:
         args.steps, args.rounds, args.warmup = 10, 3, 1
     if args.out is None:
         args.out = RESULTS / ("step_time.json" if args.net == "mlp" else f"step_time_{args.net}.json")
-    report = run(args)
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    report = {"command": "python " + " ".join(["benchmarks/step_time.py", *(argv if argv is not None else sys.argv[1:])]),
+              "date": started, "sparse_bnn_version": sparse_bnn.__version__, **run(args)}
+    if not args.no_compile_check:
+        report["compile"] = compile_report(args)
     print_table(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))

@@ -33,6 +33,7 @@ NOTES = {
     "fmnist_cpu_lenet5caffe30_sigma0.1": "training time inflated: ran beside another benchmark",
     "fmnist_cpu_lenet5caffe30_ssgl_sigma0.3": "training time inflated: ran beside another benchmark",
     "fmnist_cpu_lenet5caffe30": "latencies and training times measured while other jobs shared the cores",
+    "frontier_mixer": "training times inflated for the first row: another job shared the cores",
     "frontier_vit": "training times inflated: the test suite shared the cores, most of all for the deterministic row",
     "step_time": "step and compile times inflated: measured while a training benchmark and the test suite "
                  "shared the cores (the ratios were measured interleaved)",

@@ -51,6 +51,7 @@ from sparse_bnn.compact.report import compression_report
 from sparse_bnn.data import load_dataset
 from sparse_bnn.experiment.config import RunConfig
 from sparse_bnn.experiment.run import run_experiment
+from sparse_bnn.experiment.sections import NET_SIZES
 from sparse_bnn.metrics import ece
 from sparse_bnn.nets import NETS, FunctionalNet, net_from_config
 
@@ -251,7 +252,7 @@ def table(rows: list[dict]) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--net", choices=("mlp", "lenet5-caffe", *TRANSFORMERS), default="mlp")
-    parser.add_argument("--net-size", choices=("tiny", "small", "base"),
+    parser.add_argument("--net-size", choices=NET_SIZES,
                         help="size of the ViT or MLP-Mixer (default: tiny)")
     parser.add_argument("--methods", nargs="+", choices=list(GRID),
                         help="default: every method (ViT and Mixer: ss-ghs, bmr-nodewise, deterministic)")
@@ -281,9 +282,9 @@ def main(argv=None) -> dict:
     data = load_dataset("fashion-mnist", data_dir=args.data_dir, n_train=args.n_train, n_test=args.n_test,
                         seed=args.seed)
     rows = []
+    grids = {**GRID, **TRANSFORMER_GRID} if args.net in TRANSFORMERS else GRID
     for method in args.methods:
-        grid = (TRANSFORMER_GRID if args.net in TRANSFORMERS and method in TRANSFORMER_GRID else GRID)[method]
-        for setting in grid[:1] if args.quick else grid:
+        for setting in grids[method][:1] if args.quick else grids[method]:
             if "bmr_warmup" in setting:  # a short run reduces from its last epoch at the latest
                 setting = {**setting, "bmr_warmup": min(setting["bmr_warmup"], args.epochs - 1)}
             started = time.perf_counter()

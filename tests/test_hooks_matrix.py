@@ -40,17 +40,22 @@ def make_bnn(prior: str, **options) -> SparseBNN:
     return SparseBNN(MLP(FEATURES, WIDTHS, 2, rngs=nnx.Rngs(0)), get_prior(prior), n_data=N_DATA, **options)
 
 
-def idle_units_start(bnn: SparseBNN) -> dict:
-    """``bnn``'s initial parameters with the odd units of the first layer confidently at zero
-    (incoming weights and bias ``loc`` 0, narrow posteriors): units whose removal BMR favours at once."""
-    params = {k: np.asarray(v).copy() for k, v in bnn.init_params().items()}
-    layer = bnn.layers[0]
-    idle = np.arange(layer.units) % 2 == 1
+def zero_incoming_weights(bnn: SparseBNN, params: dict, layer, idle: np.ndarray) -> None:
+    """Set, in place, the posterior means (``loc``) of the ``idle`` units' own weights and biases
+    (``layer``'s members) to 0 in ``params`` (NumPy arrays)."""
     for ref in layer.members:
         site = bnn.weight_site(ref.path)
         index = [slice(None)] * params[f"{site}.loc"].ndim
         index[ref.axis] = idle
         params[f"{site}.loc"][tuple(index)] = 0.0
+
+
+def idle_units_start(bnn: SparseBNN) -> dict:
+    """``bnn``'s initial parameters with the odd units of the first layer confidently at zero
+    (incoming weights and bias ``loc`` 0, narrow posteriors): units whose removal BMR favours at once."""
+    params = {k: np.asarray(v).copy() for k, v in bnn.init_params().items()}
+    layer = bnn.layers[0]
+    zero_incoming_weights(bnn, params, layer, np.arange(layer.units) % 2 == 1)
     return {k: jnp.asarray(v) for k, v in params.items()}
 
 

@@ -8,7 +8,7 @@ from flax import nnx
 
 from sparse_bnn.experiment.sections import NET_SIZES
 from sparse_bnn.nets import NETS, net_from_config
-from sparse_bnn.nets.vit import nearest_divisor
+from sparse_bnn.nets.base import nearest_divisor
 
 
 def parameter_count(net) -> int:

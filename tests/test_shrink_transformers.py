@@ -20,6 +20,7 @@ from sparse_bnn.priors import get_prior
 from sparse_bnn.sparsify.reduction import NodeBMRRule
 from sparse_bnn.sparsify.shrink import ShrinkSchedule, fit_shrinking
 from sparse_bnn.train import svi_optimizer
+from test_hooks_matrix import zero_incoming_weights
 
 N_DATA, BATCH = 128, 32
 CONFIGS = {
@@ -51,12 +52,8 @@ def idle_units_start(bnn: SparseBNN) -> dict:
         idle = idle_pattern(i, layer.units)
         if f"{layer.name}.z.logit" in params:
             params[f"{layer.name}.z.logit"][idle] = -8.0
-            continue
-        for ref in layer.members:
-            site = bnn.weight_site(ref.path)
-            index = [slice(None)] * params[f"{site}.loc"].ndim
-            index[ref.axis] = idle
-            params[f"{site}.loc"][tuple(index)] = 0.0
+        else:
+            zero_incoming_weights(bnn, params, layer, idle)
     return {k: jnp.asarray(v) for k, v in params.items()}
 
 

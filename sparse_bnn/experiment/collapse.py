@@ -77,7 +77,8 @@ def collapse_warnings(metrics: Mapping[str, Any], *, few_units: int = FEW_UNITS,
     units = ", ".join(f"{name} {kept[name]}/{total.get(name, '?')}" for name in kept)
     residual = metrics.get("residual_layers")
     if isinstance(residual, (list, tuple)):
-        kept = {name: count for name, count in kept.items() if name not in set(map(str, residual))}
+        residual = set(map(str, residual))
+        kept = {name: count for name, count in kept.items() if name not in residual}
     empty = [name for name, count in kept.items() if count == 0]
     if empty:
         found.append(f"collapse: layer{'s' if len(empty) > 1 else ''} {', '.join(empty)} kept 0 units (kept "

@@ -228,12 +228,36 @@ def image_net_config(cls: type, input_shape: Sequence[int], outputs: int, **cons
                rngs=nnx.Rngs(0)).config
 
 
+def nearest_divisor(size: int, preferred: int) -> int:
+    """The divisor of ``size`` closest to ``preferred`` (the larger one on a tie): the patch size
+    a named configuration takes on images of another size (patch 7 on 28x28, 8 on 32x32)."""
+    divisors = [d for d in range(1, size + 1) if size % d == 0]
+    return min(divisors, key=lambda d: (abs(d - preferred), -d))
+
+
 class ImageNet:
-    """Mixin of the image nets: :meth:`default_config` for a data set's images and classes."""
+    """Mixin of the image nets: :meth:`default_config` for a data set's images and classes.
+
+    A net with named configurations sets ``SIZES`` (``{name: constructor options}``) and
+    ``DEFAULT_SIZE``; ``default_config(..., size=name)`` builds one of them.
+    """
+
+    SIZES: dict[str, dict[str, Any]] = {}
+    DEFAULT_SIZE: str | None = None
 
     @classmethod
     def default_config(cls, input_shape: Sequence[int], outputs: int, *, activation: str | None = None,
-                       **unused: Any) -> dict:
+                       size: str | None = None, **unused: Any) -> dict:
         """The config for examples of ``input_shape`` ``(H, W, C)`` and ``outputs`` classes, with
-        ``activation`` where the architecture takes one (options of other nets are ignored)."""
-        return image_net_config(cls, input_shape, outputs, activation=activation)
+        ``activation`` where the architecture takes one (options of other nets are ignored). A net
+        with ``SIZES`` builds the named configuration ``size`` (``None``: ``DEFAULT_SIZE``), its
+        patch size the divisor of the image size nearest the listed one; other nets ignore ``size``."""
+        if not cls.SIZES:
+            return image_net_config(cls, input_shape, outputs, activation=activation)
+        size = cls.DEFAULT_SIZE if size is None else size
+        if size not in cls.SIZES:
+            raise ValueError(f"{cls.__name__} has no size {size!r}; choose one of {', '.join(cls.SIZES)}")
+        options = dict(cls.SIZES[size])
+        if len(input_shape) == 3 and "patch_size" in options:
+            options["patch_size"] = nearest_divisor(int(input_shape[0]), options["patch_size"])
+        return image_net_config(cls, input_shape, outputs, activation=activation, **options)

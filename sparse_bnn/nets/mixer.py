@@ -19,7 +19,7 @@ import jax
 from flax import nnx
 
 from sparse_bnn.nets.base import ImageNet, ParamAxis, UnitLayer, check_widths, with_group_sizes
-from sparse_bnn.nets.vit import check_input, check_patches, patchify, per_block, sized_config
+from sparse_bnn.nets.vit import check_input, check_patches, patchify, per_block
 
 
 class MixerBlock(nnx.Module):
@@ -115,12 +115,6 @@ class MLPMixer(ImageNet, nnx.Module):
             members=(ParamAxis(("head", "kernel"), 1), ParamAxis(("head", "bias"), 0)),
             prunable=False))
         return with_group_sizes(self, out)
-
-    @classmethod
-    def default_config(cls, input_shape: Sequence[int], outputs: int, *, size: str | None = None,
-                       **unused) -> dict:
-        """The named configuration ``size`` (default ``tiny``) for ``input_shape`` ``(H, W, C)``."""
-        return sized_config(cls, size, input_shape, outputs)
 
     @property
     def config(self) -> dict:

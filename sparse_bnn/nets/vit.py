@@ -48,26 +48,6 @@ def check_patches(image_size: int, patch_size: int) -> int:
     return (image_size // patch_size) ** 2
 
 
-def nearest_divisor(size: int, preferred: int) -> int:
-    """The divisor of ``size`` closest to ``preferred`` (the larger one on a tie): the patch size
-    a named configuration takes on images of another size (patch 7 on 28x28, 8 on 32x32)."""
-    divisors = [d for d in range(1, size + 1) if size % d == 0]
-    return min(divisors, key=lambda d: (abs(d - preferred), -d))
-
-
-def sized_config(cls: type, size: str | None, input_shape: Sequence[int], outputs: int) -> dict:
-    """The config of the named configuration ``size`` of ``cls`` (a key of ``cls.SIZES``;
-    ``None`` is ``cls.DEFAULT_SIZE``) for square images ``input_shape = (H, W, C)``."""
-    from sparse_bnn.nets.base import image_net_config
-    size = cls.DEFAULT_SIZE if size is None else size
-    if size not in cls.SIZES:
-        raise ValueError(f"{cls.__name__} has no size {size!r}; choose one of {', '.join(cls.SIZES)}")
-    options = dict(cls.SIZES[size])
-    if len(input_shape) == 3:
-        options["patch_size"] = nearest_divisor(int(input_shape[0]), options["patch_size"])
-    return image_net_config(cls, input_shape, outputs, **options)
-
-
 def per_block(value, depth: int, what: str) -> tuple[int, ...]:
     """An int (same for every block) or one entry per block -> tuple of ``depth`` ints."""
     values = [value] * depth if isinstance(value, int) else list(value)
@@ -232,12 +212,6 @@ class VisionTransformer(ImageNet, nnx.Module):
             members=(ParamAxis(("head", "kernel"), 1), ParamAxis(("head", "bias"), 0)),
             prunable=False))
         return with_group_sizes(self, out)
-
-    @classmethod
-    def default_config(cls, input_shape: Sequence[int], outputs: int, *, size: str | None = None,
-                       **unused) -> dict:
-        """The named configuration ``size`` (default ``tiny``) for ``input_shape`` ``(H, W, C)``."""
-        return sized_config(cls, size, input_shape, outputs)
 
     @property
     def config(self) -> dict:
